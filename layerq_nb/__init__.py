@@ -1,0 +1,38 @@
+"""layerq_nb: which transformer layers matter for a task, and how to turn that into decisions.
+
+The MDL programs (numpy only) import eagerly; everything that needs torch loads on first use, so
+`import layerq_nb` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+from .mdl import allocate, prune, regret_bound, verify
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    # models and data
+    "load_model": "models", "layers": "models", "Layer": "models",
+    "load_task": "data", "Blocks": "data",
+    # evaluation
+    "perplexity": "evaluate", "mean_loss": "evaluate",
+}
+
+__all__ = [
+    "allocate", "prune", "verify", "regret_bound",          # MDL programs (numpy)
+    "load_model", "layers", "Layer", "load_task", "Blocks",  # models and tasks (torch, lazy)
+    "perplexity", "mean_loss",                               # evaluation (torch, lazy)
+]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'layerq_nb' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

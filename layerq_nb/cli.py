@@ -1,0 +1,114 @@
+"""The `layerq` command: `layerq demo` runs the pipeline on the default real model; `layerq doctor` reports versions."""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import platform
+import sys
+import time
+
+__all__ = ["main"]
+
+EPILOG = """examples:
+  layerq demo                          real SmolLM2-135M: model facts, perplexity per task, an answer
+  layerq demo --blocks 16 --tasks prose code
+  layerq doctor                        versions of the stack, the device, where the model comes from
+"""
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("layerq_nb", "torch", "transformers", "datasets", "cvxpy", "ipywidgets", "anywidget",
+                 "jupyterlab", "peft"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def cmd_doctor(args) -> int:
+    from .models import SHIPPED_GGUF, SHORT_NAMES, cache_dir, pick_device
+    import importlib.util
+    for name, version in _versions().items():
+        print(f"{name:>14}  {version}")
+    print(f"{'device':>14}  {pick_device('auto')}")
+    print(f"{'cache':>14}  {cache_dir()}")
+    for short, hub_id in SHORT_NAMES.items():
+        cached = cache_dir() / "models" / hub_id.replace("/", "--")
+        where = f"cached at {cached}" if (cached / "config.json").exists() else "not cached"
+        if short in SHIPPED_GGUF:
+            pkg = SHIPPED_GGUF[short][0]
+            shipped = importlib.util.find_spec(pkg) is not None
+            where += f"; offline weights ({pkg.replace('_', '-')}) {'installed' if shipped else 'missing'}"
+        print(f"{short:>14}  {where}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .data import load_task
+    from .evaluate import generate, perplexity
+    from .models import layers, load_model, model_source
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    blocks_of = layers(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg = model.config
+    print(f"model      {args.model}  ({cfg.model_type}, {len(blocks_of)} layers, hidden {cfg.hidden_size}, "
+          f"{n_params / 1e6:.1f}M parameters)")
+    print(f"source     {model_source(model)}  (loaded in {model.layerq_load_seconds:.1f} s)")
+    print(f"device     {next(model.parameters()).device}")
+    print(f"layer 0    {', '.join(blocks_of[0].linears)}  ({blocks_of[0].n_params / 1e6:.2f}M weights)")
+    print()
+    print(f"held-out perplexity ({args.blocks} test blocks of {args.block_size} tokens per task)")
+    print(f"  {'task':<12}{'tokens':>8}{'loss':>8}{'ppl':>9}{'seconds':>9}")
+    for task in args.tasks:
+        t0 = time.perf_counter()
+        blocks = load_task(task, tokenizer, split="test", n_blocks=args.blocks, block_size=args.block_size)
+        ppl = perplexity(model, blocks, batch_size=args.batch_size)
+        import math
+        print(f"  {task:<12}{blocks.n_targets:>8}{math.log(ppl):>8.3f}{ppl:>9.2f}{time.perf_counter() - t0:>9.1f}")
+    print()
+    print(f"question   {args.question}")
+    print(f"answer     {generate(model, tokenizer, args.question)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerq", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Layer-wise capacity in small LLMs: score layers, allocate capacity, prune.")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+
+    demo = sub.add_parser("demo", help="load the default real model and report perplexity per task",
+                          description="Load a real pretrained model and report its facts, held-out "
+                                      "perplexity on each task, and one generated answer.")
+    demo.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    demo.add_argument("--tasks", nargs="+", default=["prose", "code", "arithmetic"], help="tasks to evaluate")
+    demo.add_argument("--blocks", type=int, default=8, help="test blocks per task (default: %(default)s)")
+    demo.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
+    demo.add_argument("--batch-size", type=int, default=4, help="blocks per forward pass (default: %(default)s)")
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    demo.add_argument("--question", default="What is 12 + 35?", help="question for the generated answer")
+    demo.set_defaults(func=cmd_demo)
+
+    doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
+    doctor.set_defaults(func=cmd_doctor)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, ImportError) as err:   # bad input: one line, no traceback
+        print(f"layerq {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

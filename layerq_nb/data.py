@@ -1,0 +1,207 @@
+"""Tasks as fixed-length token blocks with labels and masks (DESIGN.md section 3).
+
+Built-in offline tasks, real text shipped with CPython plus one generated task:
+  prose       English prose of the Python documentation topics (`pydoc_data.topics`)
+  code        Python standard-library source files (`*.py` at the top of the stdlib folder)
+  arithmetic  generated "a op b = c" problems; the loss covers the answers only
+and `hf:<dataset>[:<config>]`, any Hugging Face dataset through `datasets` when the hub is reachable.
+
+Splits are fixed by content, not by seed: a document goes to train / validation / test by a hash of its
+key (80/10/10), so splits are disjoint for every seed. The seed orders the documents and picks the
+arithmetic problems. Documents are packed into blocks of `block_size` tokens with no padding; labels are
+the input ids (the model shifts them) with -100 where no loss is taken.
+"""
+from __future__ import annotations
+
+import hashlib
+import sysconfig
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["Blocks", "TASKS", "SPLITS", "load_task", "task_documents"]
+
+SPLITS = ("train", "validation", "test")
+TASKS = ("prose", "code", "arithmetic")
+IGNORE = -100             # the label value that PyTorch's cross-entropy skips
+ARITHMETIC_POOL = 20_000  # problems drawn per seed before the split filter
+
+Segment = tuple[str, bool]     # (text, whether its tokens are trained on)
+
+
+@dataclass(frozen=True, eq=False)
+class Blocks:
+    """Token blocks of one task split: every later stage consumes these unchanged."""
+    input_ids: torch.Tensor       # (N, T) int64
+    labels: torch.Tensor          # (N, T) int64, IGNORE where no loss; the model shifts them by one
+    attention_mask: torch.Tensor  # (N, T) int64, 1 for real tokens
+    task: str
+    split: str
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def block_size(self) -> int:
+        return self.input_ids.shape[1]
+
+    @property
+    def n_targets(self) -> int:
+        """Number of predicted tokens (non-masked labels after the one-token shift)."""
+        return int((self.labels[:, 1:] != IGNORE).sum())
+
+    def subset(self, index) -> "Blocks":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Blocks(self.input_ids[index], self.labels[index], self.attention_mask[index], self.task, self.split)
+
+    def batches(self, batch_size: int) -> Iterator[dict]:
+        """Dicts of (B, T) tensors that `model(**batch)` accepts."""
+        for start in range(0, len(self), batch_size):
+            sl = slice(start, start + batch_size)
+            yield {"input_ids": self.input_ids[sl], "labels": self.labels[sl], "attention_mask": self.attention_mask[sl]}
+
+
+# ----------------------------------------------------------------------------- documents
+
+def _split_of(key: str) -> str:
+    bucket = int(hashlib.md5(key.encode()).hexdigest(), 16) % 10
+    return "train" if bucket < 8 else ("validation" if bucket == 8 else "test")
+
+
+def _shuffled(keys: list[str], seed: int) -> list[str]:
+    return [keys[i] for i in np.random.default_rng(seed).permutation(len(keys))]
+
+
+def _prose(split: str, seed: int) -> Iterator[list[Segment]]:
+    # topics differ a lot in length, so split by paragraph (keyed "topic:i") to keep the 80/10/10 balance
+    from pydoc_data.topics import topics
+    for k in _shuffled(sorted(topics), seed):
+        paragraphs = [p for p in topics[k].split("\n\n") if p.strip()]
+        mine = [p for i, p in enumerate(paragraphs) if _split_of(f"prose:{k}:{i}") == split]
+        if mine:
+            yield [("\n\n".join(mine).strip() + "\n", True)]
+
+
+def _code(split: str, seed: int) -> Iterator[list[Segment]]:
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    keys = [p.name for p in sorted(stdlib.glob("*.py")) if _split_of("code:" + p.name) == split]
+    for k in _shuffled(keys, seed):
+        yield [((stdlib / k).read_text(encoding="utf-8", errors="replace"), True)]
+
+
+def _arithmetic(split: str, seed: int) -> Iterator[list[Segment]]:
+    rng = np.random.default_rng(seed)
+    ops = rng.integers(0, 3, ARITHMETIC_POOL)
+    big = rng.integers(0, 1000, (ARITHMETIC_POOL, 2))
+    small = rng.integers(0, 100, (ARITHMETIC_POOL, 2))
+    for op, (a, b), (c, d) in zip(ops, big, small):
+        a, b, sym, ans = (a, b, "+", a + b) if op == 0 else (a, b, "-", a - b) if op == 1 else (c, d, "*", c * d)
+        prompt = f"{a} {sym} {b} = "
+        if _split_of("arithmetic:" + prompt) == split:
+            yield [(prompt, False), (f"{ans}\n", True)]
+
+
+def _hf(spec: str, split: str, seed: int) -> Iterator[list[Segment]]:
+    name, _, config = spec.partition(":")
+    try:
+        import datasets
+        data = datasets.load_dataset(name, config or None)
+    except Exception as err:
+        raise ValueError(f"could not load the Hugging Face dataset {name!r} ({type(err).__name__}: {err}). "
+                         "Offline? Use a built-in task: prose, code or arithmetic") from err
+    aliases = {"train": ["train"], "validation": ["validation", "valid", "dev"], "test": ["test"]}
+    found = next((s for s in aliases[split] if s in data), None)
+    if found is not None:
+        rows, keep = data[found], None
+    else:   # no such split upstream: hash-split the train rows
+        rows = data["train"]
+        keep = [i for i in range(len(rows)) if _split_of(f"{spec}:{i}") == split]
+    column = "text" if "text" in rows.column_names else next(
+        (c for c, f in rows.features.items() if getattr(f, "dtype", None) == "string"), None)
+    if column is None:
+        raise ValueError(f"dataset {name!r} has no text column (columns: {rows.column_names})")
+    index = keep if keep is not None else list(range(len(rows)))
+    for i in np.random.default_rng(seed).permutation(len(index)):
+        text = rows[int(index[i])][column]
+        if text and text.strip():
+            yield [(text.strip() + "\n", True)]
+
+
+def task_documents(name: str, split: str = "train", seed: int = 0) -> Iterator[list[Segment]]:
+    """The task's documents for a split, in seeded order: each a list of (text, trained) segments."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
+    if name.startswith("hf:"):
+        return _hf(name[3:], split, seed)
+    builders = {"prose": _prose, "code": _code, "arithmetic": _arithmetic}
+    if name not in builders:
+        raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)}, or hf:<dataset>[:<config>]")
+    return builders[name](split, seed)
+
+
+# ----------------------------------------------------------------------------- blocks
+
+def _context_length(tokenizer) -> int | None:
+    n = getattr(tokenizer, "model_max_length", None)
+    return int(n) if n and n < 10**7 else None
+
+
+def load_task(name: str, tokenizer, split: str = "train", n_blocks: int | None = None, block_size: int = 256,
+              seed: int = 0) -> Blocks:
+    """Tokenise a task split into `n_blocks` blocks of `block_size` tokens (all the split's text if None).
+
+    Documents are packed end to end with an end-of-text token between them; the last partial block is
+    dropped. Deterministic for (name, split, n_blocks, block_size, seed), and a smaller n_blocks gives a
+    prefix of a larger one.
+    """
+    if block_size < 2:
+        raise ValueError(f"block_size must be at least 2 tokens, got {block_size}")
+    ctx = _context_length(tokenizer)
+    if ctx is not None and block_size > ctx:
+        raise ValueError(f"block_size {block_size} exceeds the model's context of {ctx} tokens: use block_size <= {ctx}")
+    if n_blocks is not None and n_blocks < 1:
+        raise ValueError(f"n_blocks must be >= 1 (or None for all), got {n_blocks}")
+    docs = task_documents(name, split, seed)
+    eos = tokenizer.eos_token_id
+    sep_after_doc = name != "arithmetic"     # problems are separated by their newline
+    need = None if n_blocks is None else n_blocks * block_size
+    ids: list[int] = []
+    trained: list[bool] = []
+    pending: list[list[Segment]] = []
+
+    def flush():
+        flat = [seg for doc in pending for seg in doc]
+        if not flat:
+            return
+        encoded = tokenizer([t for t, _ in flat], add_special_tokens=False)["input_ids"]
+        seg_iter = iter(zip(encoded, flat))
+        for doc in pending:
+            for _ in doc:
+                toks, (_, is_trained) = next(seg_iter)
+                ids.extend(toks)
+                trained.extend([is_trained] * len(toks))
+            if sep_after_doc and eos is not None:
+                ids.append(eos)
+                trained.append(True)
+        pending.clear()
+
+    for doc in docs:
+        pending.append(doc)
+        if len(pending) >= 256 or (name != "arithmetic" and len(pending) >= 8):
+            flush()
+            if need is not None and len(ids) >= need:
+                break
+    flush()
+    available = len(ids) // block_size
+    if available == 0 or (n_blocks is not None and n_blocks > available):
+        raise ValueError(f"task {name!r} split {split!r} has text for only {available} blocks of {block_size} tokens; "
+                         f"ask for n_blocks <= {available} or a smaller block_size")
+    n = available if n_blocks is None else n_blocks
+    input_ids = torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
+    mask = torch.tensor(trained[: n * block_size], dtype=torch.bool).view(n, block_size)
+    labels = input_ids.masked_fill(~mask, IGNORE)
+    return Blocks(input_ids=input_ids, labels=labels, attention_mask=torch.ones_like(input_ids),
+                  task=name, split=split)

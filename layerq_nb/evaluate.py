@@ -1,0 +1,60 @@
+"""Held-out evaluation: mean next-token loss and perplexity over the non-masked targets of token blocks."""
+from __future__ import annotations
+
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import IGNORE, Blocks
+
+__all__ = ["mean_loss", "perplexity", "generate"]
+
+
+def _check_context(model, blocks: Blocks):
+    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if ctx is not None and blocks.block_size > ctx:
+        raise ValueError(f"blocks of {blocks.block_size} tokens exceed the model's context of {ctx}: "
+                         f"reload the task with block_size <= {ctx}")
+
+
+@torch.inference_mode()
+def mean_loss(model, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> float:
+    """L = (1/N) sum_t -log p(y_t | y_<t) over the N non-masked targets of all blocks (fp32 sums)."""
+    _check_context(model, blocks)
+    if blocks.n_targets == 0:
+        raise ValueError(f"the {blocks.task!r} blocks have no unmasked target tokens: nothing to evaluate")
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    bar = tqdm(total=len(blocks), desc=f"eval {blocks.task}", unit="block", disable=not progress, leave=False)
+    for batch in blocks.batches(batch_size):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]   # position t predicts token t+1
+        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                                ignore_index=IGNORE, reduction="sum")
+        total += float(nll)
+        count += int((targets != IGNORE).sum())
+        bar.update(batch["input_ids"].shape[0])
+    bar.close()
+    return total / count
+
+
+def perplexity(model, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> float:
+    """exp(mean next-token loss) over the non-masked targets of `blocks`."""
+    return math.exp(mean_loss(model, blocks, batch_size=batch_size, progress=progress))
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
+    """Greedy answer to one user question, through the chat template when the tokenizer has one."""
+    device = next(model.parameters()).device
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,
+                                             add_generation_prompt=True)
+    else:
+        text = question
+    inputs = tokenizer(text, return_tensors="pt", add_special_tokens=False).to(device)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                         pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()

@@ -1,0 +1,603 @@
+"""The two MDL programs of the curvature-weighted capacity framework, solved in closed form.
+
+Seed 003 (Amaefuna, Vaidya, Chhabra, Mali, "Curvature-weighted capacity allocation", UAI 2026):
+layer scores q (on the simplex) go in, a per-layer decision comes out.
+
+A. allocation (LoRA rank, LoRA-MoE experts):  max  sum_k q_k log(1 + r_k / beta_k)
+                                              s.t. sum_k c_k r_k = B,  lower <= r <= upper
+B. pruning (per-layer sparsity):              min  sum_k q_k phi(s_k),  phi(s) = -log(1-s) or s^2/2
+                                              s.t. sum_k n_k s_k = S sum_k n_k,  lower <= s <= upper
+
+Both are separable and strictly concave (convex) where q_k > 0, with one linear budget, so the KKT
+conditions give x_k(nu) = clip(closed form in the dual level nu, lower, upper) and the spend
+sum_k w_k x_k(nu) is monotone in nu: bisection on one scalar finds the unique optimum in O(K log 1/eps).
+The spend is also of the form a/nu + b (or a nu + b) between the 2K breakpoints where a layer hits a
+bound, so sorting the breakpoints gives nu exactly in O(K log K) (`method="sorted"`).
+
+Numpy only: the math can be taught and tested without torch.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = [
+    "AllocationProblem", "PruningProblem", "Solution", "Regret",
+    "allocate", "prune", "verify", "regret_bound", "bisection_trace", "budget_curve", "normalise",
+]
+
+_SPEND_RTOL = 1e-9   # verify(): the budget must hold to this relative accuracy
+_KKT_RTOL = 1e-6     # verify(): stationarity, relative to the dual level nu * w_k
+
+
+# ----------------------------------------------------------------------------- validation
+
+def normalise(q) -> np.ndarray:
+    """q / sum(q) after checking q is finite, >= 0 and not all zero (scores on the simplex)."""
+    q = np.asarray(q, dtype=float)
+    if q.ndim != 1 or q.size == 0:
+        raise ValueError(f"scores q must be a non-empty 1-d array, got shape {q.shape}")
+    if not np.all(np.isfinite(q)):
+        bad = np.flatnonzero(~np.isfinite(q))
+        raise ValueError(f"scores q must be finite; q[{bad[0]}] = {q[bad[0]]} (fix the scoring run, e.g. more damping)")
+    if np.any(q < 0):
+        bad = np.flatnonzero(q < 0)
+        raise ValueError(f"scores q must be >= 0; q[{bad[0]}] = {q[bad[0]]} (use a gain such as zeta^2, or shift/clip)")
+    total = q.sum()
+    if total <= 0:
+        raise ValueError("scores q are all zero: no layer has any gain, so there is nothing to allocate by")
+    return q / total
+
+
+def _per_layer(name: str, value, k: int, *, positive=False, allow_inf=False) -> np.ndarray:
+    """Broadcast a scalar or (K,) array to (K,) floats and check it."""
+    arr = np.asarray(value, dtype=float)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.size != k):
+        raise ValueError(f"{name} must be a scalar or have one value per layer ({k}), got shape {arr.shape}")
+    arr = np.broadcast_to(arr, (k,)).astype(float)
+    bad = np.isnan(arr) | (np.isinf(arr) & ~allow_inf)
+    if np.any(bad):
+        i = np.flatnonzero(bad)[0]
+        raise ValueError(f"{name}[{i}] = {arr[i]} is not finite")
+    if positive and np.any(arr <= 0):
+        i = np.flatnonzero(arr <= 0)[0]
+        raise ValueError(f"{name}[{i}] = {arr[i]} must be > 0")
+    arr.setflags(write=False)
+    return arr
+
+
+def _check_bounds(lower, upper):
+    if np.any(lower > upper):
+        i = np.flatnonzero(lower > upper)[0]
+        raise ValueError(f"bounds cross at layer {i}: lower = {lower[i]} > upper = {upper[i]}")
+
+
+# ----------------------------------------------------------------------------- problems
+
+@dataclass(frozen=True, eq=False)
+class AllocationProblem:
+    """MDL program A (seed 003, capacity allocation): max sum_k q_k log(1 + r_k/beta_k), sum c r = B."""
+    q: np.ndarray
+    budget: float
+    cost: np.ndarray
+    beta: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    sense = "max"
+
+    @property
+    def weights(self):          # the budget's coefficients c_k
+        return self.cost
+
+    @property
+    def target(self):
+        return self.budget
+
+    def x_of_nu(self, nu):
+        """KKT: q_k / (beta_k + r_k) = nu c_k  =>  r_k(nu) = clip(q_k / (nu c_k) - beta_k, lower, upper)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = np.where(self.q > 0, self.q / (nu * self.cost) - self.beta, -np.inf)
+        return np.clip(r, self.lower, self.upper)
+
+    def objective(self, x):
+        return float(np.sum(self.q * np.log1p(x / self.beta)))
+
+    def gradient(self, x):
+        return self.q / (self.beta + x)
+
+    def free_form(self):
+        """Breakpoints and spend coefficients: w_k r_k = a_k / nu + b_k while layer k is free."""
+        with np.errstate(divide="ignore"):
+            at_lower = self.q / (self.cost * (self.beta + self.lower))   # r_k hits lower at nu >= this
+            at_upper = self.q / (self.cost * (self.beta + self.upper))   # r_k hits upper at nu <= this
+        return at_lower, at_upper, self.q, -self.cost * self.beta, "inverse"
+
+
+@dataclass(frozen=True, eq=False)
+class PruningProblem:
+    """MDL program B (seed 003, pruning): min sum_k q_k phi(s_k), sum n s = S sum n, phi = -log(1-s) or s^2/2."""
+    q: np.ndarray
+    sparsity: float
+    sizes: np.ndarray
+    lower: np.ndarray
+    upper: np.ndarray
+    penalty: str
+    sense = "min"
+
+    @property
+    def weights(self):          # the budget's coefficients n_k
+        return self.sizes
+
+    @property
+    def target(self):
+        return self.sparsity * float(self.sizes.sum())
+
+    def x_of_nu(self, nu):
+        """KKT: q_k phi'(s_k) = nu n_k. log: s_k = 1 - q_k/(nu n_k); quadratic: s_k = nu n_k / q_k; clipped."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.penalty == "log":
+                s = 1.0 - self.q / (nu * self.sizes)
+            else:
+                s = np.where(self.q > 0, nu * self.sizes / self.q, np.inf)
+        return np.clip(s, self.lower, self.upper)
+
+    def objective(self, x):
+        if self.penalty == "log":
+            return float(np.sum(self.q * -np.log1p(-x)))
+        return float(np.sum(self.q * x**2 / 2))
+
+    def gradient(self, x):
+        return self.q / (1.0 - x) if self.penalty == "log" else self.q * x
+
+    def free_form(self):
+        n, q = self.sizes, self.q
+        if self.penalty == "log":        # n_k s_k = n_k - q_k / nu
+            return q / (n * (1 - self.lower)), q / (n * (1 - self.upper)), -q, n.copy(), "inverse"
+        with np.errstate(divide="ignore", invalid="ignore"):  # n_k s_k = nu n_k^2 / q_k
+            slope = np.where(q > 0, n**2 / q, 0.0)
+        return q * self.lower / n, q * self.upper / n, slope, np.zeros_like(n), "linear"
+
+
+@dataclass(frozen=True, eq=False)
+class Solution:
+    """Solution of an MDL program with its certificate (see `verify`)."""
+    x: np.ndarray               # (K,) decision per layer
+    nu: float                   # dual level of the budget constraint (>= 0)
+    objective: float
+    iterations: int             # bisection steps (0 for the sorted exact path)
+    active_lower: np.ndarray    # (K,) bool, x_k at its lower bound
+    active_upper: np.ndarray    # (K,) bool, x_k at its upper bound
+    kkt_residual: float         # largest relative violation of feasibility / stationarity / slackness
+    problem: AllocationProblem | PruningProblem = field(repr=False)
+    integer: bool = False
+
+
+# ----------------------------------------------------------------------------- solver
+
+def _spend(problem, x):
+    return float(np.dot(problem.weights, x))
+
+
+def _saturation(problem):
+    """Spend range reachable with nu > 0, and where zero-score layers sit (they are flat in the objective)."""
+    w, zero = problem.weights, problem.q == 0
+    if problem.sense == "max":   # nu -> 0: positive layers at upper, zero layers at lower
+        lo_end = np.dot(w, problem.lower)
+        hi_end = np.dot(w[~zero], problem.upper[~zero]) + np.dot(w[zero], problem.lower[zero])
+    else:                        # nu -> 0: positive layers at lower, zero layers at upper
+        lo_end = np.dot(w[~zero], problem.lower[~zero]) + np.dot(w[zero], problem.upper[zero])
+        hi_end = np.dot(w, problem.upper)
+    return lo_end, hi_end
+
+
+def _degenerate(problem):
+    """Budget beyond what positive-score layers use at any nu > 0: nu = 0 and zero-score layers take the
+    remainder in proportion to their room (any split is optimal, the objective is flat in them)."""
+    zero, w, t = problem.q == 0, problem.weights, problem.target
+    x = np.where(zero, problem.lower if problem.sense == "max" else problem.upper,
+                 problem.upper if problem.sense == "max" else problem.lower).astype(float)
+    rest = t - np.dot(w, x)
+    room = np.where(zero, (problem.upper - x) if problem.sense == "max" else (problem.lower - x), 0.0)
+    unbounded = np.isinf(room)
+    if rest != 0 and unbounded.any():
+        x = x + np.where(unbounded, rest / (unbounded.sum() * w), 0.0)
+    elif rest != 0 and np.dot(w, room) != 0:
+        x = x + room * (rest / np.dot(w, room))
+    return x
+
+
+def _bracket(problem):
+    """nu interval [lo, hi] with spend(lo) on one side of the target and spend(hi) on the other."""
+    at_lower, at_upper, *_ = problem.free_form()
+    pos = problem.q > 0
+    ends = np.concatenate([at_lower[pos], at_upper[pos]])
+    ends = ends[np.isfinite(ends) & (ends > 0)]
+    lo = hi = float(ends.max()) if ends.size else 1.0
+    lo = float(ends.min()) if ends.size else lo
+    t, grows = problem.target, problem.sense == "min"   # pruning spend grows with nu, allocation's shrinks
+
+    def spend(nu):
+        return _spend(problem, problem.x_of_nu(nu))
+
+    # widen until the target is inside (needed when a bound is infinite or zero); 2000 halvings reach 0.0
+    for _ in range(2000):
+        if (spend(lo) <= t) if grows else (spend(lo) >= t):
+            break
+        lo /= 2.0
+    for _ in range(2000):
+        if (spend(hi) >= t) if grows else (spend(hi) <= t):
+            break
+        hi *= 2.0
+    return lo, hi
+
+
+def _bisect(problem, tol, max_iter=400, trace=None):
+    """Bisection on log(nu): the spend is monotone in nu, so the bracket halves every step."""
+    lo, hi = _bracket(problem)
+    t, increasing = problem.target, problem.sense == "min"
+    it = 0
+    while hi - lo > tol * hi and it < max_iter:
+        mid = np.sqrt(lo * hi) if lo > 0 else 0.5 * hi
+        spend = _spend(problem, problem.x_of_nu(mid))
+        if trace is not None:
+            trace.append((lo, hi, mid, spend))
+        it += 1
+        if spend == t:
+            lo = hi = mid
+        elif (spend < t) == increasing:
+            lo = mid
+        else:
+            hi = mid
+    return _polish(problem, lo, hi), it
+
+
+def _polish(problem, lo, hi):
+    """Inside a bracket too small to hold a breakpoint, the free set is fixed and the spend is
+    a f(nu) + b: solve that exactly so the budget holds to rounding error."""
+    nu = np.sqrt(lo * hi) if lo > 0 else 0.5 * (lo + hi)
+    at_lower, at_upper, a, b, form = problem.free_form()
+    x = problem.x_of_nu(nu)
+    free = (x > problem.lower) & (x < problem.upper)
+    if not free.any():
+        return nu
+    rest = problem.target - np.dot(problem.weights[~free], x[~free]) - b[free].sum()
+    a_free = a[free].sum()
+    exact = a_free / rest if form == "inverse" else rest / a_free
+    return float(exact) if np.isfinite(exact) and exact > 0 and lo * (1 - 1e-9) <= exact <= hi * (1 + 1e-9) else nu
+
+
+def _sorted_exact(problem):
+    """Exact nu from the sorted breakpoints: between consecutive breakpoints spend(nu) = A f(nu) + B."""
+    at_lower, at_upper, a, b, form = problem.free_form()
+    w, lower, upper = problem.weights, problem.lower, problem.upper
+    pos = problem.q > 0
+    k = np.flatnonzero(pos)
+    # walking nu from +inf down to 0: allocation (max) layers go lower -> free -> upper;
+    # pruning (min) layers go upper -> free -> lower. Each crossing changes (A, B) by a known amount.
+    enter, leave = (at_lower[k], at_upper[k]) if problem.sense == "max" else (at_upper[k], at_lower[k])
+    from_bound, to_bound = (lower[k], upper[k]) if problem.sense == "max" else (upper[k], lower[k])
+    nus = np.concatenate([enter, leave])
+    dA = np.concatenate([a[k], -a[k]])
+    dB = np.concatenate([b[k] - w[k] * from_bound, w[k] * to_bound - b[k]])
+    order = np.argsort(-nus, kind="stable")
+    nus, A, B = nus[order], np.cumsum(dA[order]), np.cumsum(dB[order])
+    B0 = np.dot(w[k], from_bound) + np.dot(w[~pos], lower[~pos] if problem.sense == "max" else upper[~pos])
+    B = B + B0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f = (1.0 / nus) if form == "inverse" else nus
+        spend_at = np.where(np.isfinite(f) & (A != 0), A * f, 0.0) + B   # spend just below each breakpoint
+    t = problem.target
+    # first breakpoint (in decreasing nu) past which the spend reaches the target
+    reached = spend_at >= t if problem.sense == "max" else spend_at <= t
+    j = int(np.argmax(reached)) if reached.any() else len(nus) - 1
+    if j == 0 or A[j - 1] == 0:   # target met exactly at a breakpoint
+        return float(nus[j])
+    Aj, Bj = A[j - 1], B[j - 1]
+    return float(Aj / (t - Bj)) if form == "inverse" else float((t - Bj) / Aj)
+
+
+def _finish(problem, x, nu, iterations, integer=False):
+    with np.errstate(invalid="ignore"):
+        active_lower = x <= problem.lower + 1e-12 * np.maximum(1.0, np.abs(problem.lower))
+        active_upper = (x >= problem.upper - 1e-12 * np.maximum(1.0, np.abs(problem.upper))) & ~active_lower
+    x = np.where(active_lower, problem.lower, np.where(active_upper, problem.upper, x))
+    sol = Solution(x=x, nu=float(nu), objective=problem.objective(x), iterations=iterations,
+                   active_lower=active_lower, active_upper=active_upper, kkt_residual=np.nan,
+                   problem=problem, integer=integer)
+    return _replace(sol, kkt_residual=_kkt_residual(sol))
+
+
+def _replace(obj, **kw):
+    from dataclasses import replace
+    return replace(obj, **kw)
+
+
+def _solve(problem, method, tol):
+    lo_end, hi_end = _saturation(problem)
+    t = problem.target
+    if (problem.sense == "max" and t >= hi_end) or (problem.sense == "min" and t <= lo_end):
+        return _finish(problem, _degenerate(problem), 0.0, 0)
+    if method == "bisection":
+        nu, it = _bisect(problem, tol)
+    elif method == "sorted":
+        nu, it = _sorted_exact(problem), 0
+    else:
+        raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
+    return _finish(problem, problem.x_of_nu(nu), nu, it)
+
+
+def _check_budget(name, target, lo, hi, what):
+    if not (lo - 1e-12 * max(1, abs(lo)) <= target <= hi + 1e-12 * max(1, abs(hi))):
+        raise ValueError(f"{name} {target:g} is infeasible: it must lie in [{lo:g}, {hi:g}] ({what})")
+
+
+# ----------------------------------------------------------------------------- public API
+
+def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer=False, tol=1e-12,
+             method="bisection") -> Solution:
+    """Capacity allocation, MDL program A (seed 003; DESIGN.md section 6).
+
+    maximise sum_k q_k log(1 + r_k / beta_k)   s.t.  sum_k c_k r_k = B,  lower_k <= r_k <= upper_k
+    KKT: r_k(nu) = clip(q_k / (nu c_k) - beta_k, lower_k, upper_k). The spend sum_k c_k r_k(nu) is
+    non-increasing in nu, so bisection on nu (the taught path) or the sorted breakpoints
+    (`method="sorted"`, exact) give the unique optimum. q is normalised to the simplex first.
+    Special case beta -> 0, no bounds: r_k = B q_k / c_k.
+
+    `integer=True` returns whole units (ranks, experts) with sum_k c_k r_k <= B: see `_integer_greedy`.
+
+    >>> allocate([0.5, 0.5], budget=4.0).x
+    array([2., 2.])
+    """
+    q = normalise(q)
+    k = q.size
+    cost = _per_layer("cost", cost, k, positive=True)
+    beta = _per_layer("beta", beta, k, positive=True)
+    lower = _per_layer("lower", lower, k)
+    upper = _per_layer("upper", upper, k, allow_inf=True)
+    _check_bounds(lower, upper)
+    if np.any(lower <= -beta):
+        i = np.flatnonzero(lower <= -beta)[0]
+        raise ValueError(f"lower[{i}] = {lower[i]} must be > -beta[{i}] = {-beta[i]} (log(1 + r/beta) undefined)")
+    budget = float(budget)
+    if not np.isfinite(budget):
+        raise ValueError(f"budget must be finite, got {budget}")
+    lo, hi = float(cost @ lower), float(cost @ upper)
+    # whole units spend at most the budget, so only the lower end binds them
+    _check_budget("budget", budget, lo, np.inf if integer else hi, "sum_k cost_k * lower_k .. sum_k cost_k * upper_k")
+    problem = AllocationProblem(q=q, budget=budget, cost=cost, beta=beta, lower=lower, upper=upper)
+    if integer:
+        return _integer_greedy(problem)
+    return _solve(problem, method, tol)
+
+
+def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", tol=1e-12,
+          method="bisection") -> Solution:
+    """Per-layer sparsity, MDL program B (seed 003; DESIGN.md section 6).
+
+    minimise sum_k q_k phi(s_k)  s.t.  sum_k n_k s_k = S sum_k n_k,  lower_k <= s_k <= upper_k
+    phi(s) = -log(1 - s) ("log": the code length of the kept fraction) or s^2 / 2 ("quadratic", the
+    seed-003 code's psi). KKT: log: s_k = clip(1 - q_k / (nu n_k)); quadratic: s_k = clip(nu n_k / q_k).
+    The sparsity spent is non-decreasing in nu, so bisection on nu finds the unique optimum.
+    Low-gain layers are pruned more; high-gain layers are protected.
+
+    >>> prune([0.5, 0.5], sparsity=0.5).x
+    array([0.5, 0.5])
+    """
+    q = normalise(q)
+    k = q.size
+    if penalty not in ("log", "quadratic"):
+        raise ValueError(f"penalty must be 'log' or 'quadratic', got {penalty!r}")
+    sizes = _per_layer("sizes", sizes, k, positive=True)
+    lower = _per_layer("lower", lower, k)
+    upper = _per_layer("upper", upper, k)
+    _check_bounds(lower, upper)
+    if np.any(lower < 0) or np.any(upper >= 1):
+        raise ValueError(f"sparsity bounds must satisfy 0 <= lower <= upper < 1, got lower min {lower.min():g}, "
+                         f"upper max {upper.max():g}")
+    sparsity = float(sparsity)
+    if not (0 <= sparsity < 1):
+        raise ValueError(f"sparsity {sparsity:g} must lie in [0, 1)")
+    total = sizes.sum()
+    _check_budget("sparsity", sparsity, float(sizes @ lower / total), float(sizes @ upper / total),
+                  "the size-weighted mean of lower .. of upper")
+    problem = PruningProblem(q=q, sparsity=sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
+    return _solve(problem, method, tol)
+
+
+# ----------------------------------------------------------------------------- integer allocation
+
+def _integer_greedy(problem: AllocationProblem) -> Solution:
+    """Whole units by greedy marginal gain per cost, warm-started at floor of the continuous optimum.
+
+    Each step adds one unit to the layer with the largest gain per cost
+    Delta_k(r) / c_k = q_k [log(beta_k + r + 1) - log(beta_k + r)] / c_k among those whose unit still fits.
+
+    Exactly optimal for equal costs. Proof: each f_k(r) = q_k log(1 + r/beta_k) is concave, so its
+    marginal gains Delta_k(0) >= Delta_k(1) >= ... decrease. A feasible integer point with sum r = m is
+    a choice of m units, and its value is the sum of the chosen gains, provided each layer's units are
+    taken as a prefix -- which decreasing gains make optimal. So the best value is the sum of the m
+    largest gains over all layers, which is what greedy picks (exchange argument: swapping a chosen unit
+    for a larger unchosen one never lowers the value). The warm start keeps optimality: every unit below
+    floor(x*_k) has gain >= f'_k(floor x*_k) >= nu c (concavity and KKT), i.e. it is among the largest m.
+    With unequal costs this is the classic greedy for a concave knapsack: feasible and maximal (no
+    further unit fits), but not always optimal; tests compare it with brute force.
+    """
+    q, beta, c, B = problem.q, problem.beta, problem.cost, problem.budget
+    lo = np.ceil(problem.lower - 1e-9)
+    hi = np.floor(problem.upper + 1e-9)
+    if np.any(lo > hi):
+        i = np.flatnonzero(lo > hi)[0]
+        raise ValueError(f"no whole number between lower[{i}] = {problem.lower[i]} and upper[{i}] = {problem.upper[i]}")
+    if c @ lo > B * (1 + 1e-12):
+        raise ValueError(f"budget {B:g} cannot pay the whole-unit lower bounds (needs {c @ lo:g})")
+    cont = _solve(_replace(problem, budget=min(B, float(c @ problem.upper))), "sorted", 1e-12).x
+    r = np.clip(np.floor(cont + 1e-9), lo, hi)
+    while c @ r > B * (1 + 1e-12):        # rounding the lower bounds up can overshoot: back off
+        i = np.argmax(np.where(r > lo, c, -np.inf))
+        r[i] -= 1
+
+    def gain(i):
+        return q[i] * (np.log(beta[i] + r[i] + 1) - np.log(beta[i] + r[i])) / c[i]
+
+    heap = [(-gain(i), i) for i in range(q.size) if r[i] < hi[i]]
+    heapq.heapify(heap)
+    left = B - c @ r
+    nu = 0.0
+    while heap:
+        g, i = heapq.heappop(heap)
+        if c[i] > left + 1e-9 * max(1.0, abs(B)):
+            continue                       # this unit no longer fits; cheaper ones may
+        r[i] += 1
+        left -= c[i]
+        nu = -g
+        if r[i] < hi[i]:
+            heapq.heappush(heap, (-gain(i), i))
+    return _finish(problem, r, nu, 0, integer=True)
+
+
+# ----------------------------------------------------------------------------- certificate
+
+def _kkt_residual(sol: Solution) -> float:
+    """Largest relative violation: budget, bounds, dual sign, stationarity / slackness per layer."""
+    p, x, nu = sol.problem, sol.x, sol.nu
+    w = p.weights
+    scale = max(1.0, abs(p.target), float(np.dot(w, np.abs(x))))
+    budget = abs(_spend(p, x) - p.target) / scale
+    bounds = max(0.0, float(np.max(p.lower - x)), float(np.max(x - p.upper)))
+    if sol.integer:
+        return max(0.0 if _spend(p, x) <= p.target * (1 + 1e-12) + 1e-12 else budget, bounds)
+    # reduced gradient: stationarity says it is 0 on free layers and has the bound's sign on active ones
+    sign = 1.0 if p.sense == "max" else -1.0
+    red = sign * (p.gradient(x) - nu * w)
+    # relative to the problem's gradient scale (a per-layer scale is ~0 when nu ~ 0 at a degenerate end)
+    ref = max(float(np.max(np.abs(nu * w))), float(np.max(np.abs(p.gradient(x)))), 1e-300)
+    viol = np.where(sol.active_lower, np.maximum(red, 0.0),          # pushing up would not pay
+                    np.where(sol.active_upper, np.maximum(-red, 0.0),  # pushing down would not pay
+                             np.abs(red))) / ref
+    if nu == 0.0:   # degenerate branch: only zero-score layers may be free
+        viol = np.where(p.q == 0, 0.0, viol)
+    return float(max(budget, bounds, max(0.0, -nu), np.max(viol)))
+
+
+def verify(solution: Solution) -> Solution:
+    """Check the certificate of a solution on its own and raise naming the violated condition.
+
+    Continuous: primal feasibility (budget, bounds), dual feasibility (nu >= 0) and stationarity with
+    complementary slackness per layer (free: q_k phi'(x_k) = nu w_k; at a bound: the reduced gradient
+    points out of the box). Integer: feasibility, integrality, and for equal costs no improving
+    one-unit move between layers and no affordable improving unit (optimal, see `_integer_greedy`).
+    Returns the solution so calls chain.
+    """
+    p, x, nu = solution.problem, np.asarray(solution.x, float), solution.nu
+    w = p.weights
+    if np.any(x < p.lower - 1e-9 * np.maximum(1, np.abs(p.lower))) or \
+       np.any(x > p.upper + 1e-9 * np.maximum(1, np.abs(p.upper))):
+        raise AssertionError("primal feasibility violated: some x_k lies outside [lower_k, upper_k]")
+    spend, t = _spend(p, x), p.target
+    scale = max(1.0, abs(t))
+    if solution.integer:
+        if np.any(x != np.round(x)):
+            raise AssertionError("integrality violated: integer solution has fractional entries")
+        if spend > t + 1e-9 * scale:
+            raise AssertionError(f"budget violated: spend {spend:g} > budget {t:g}")
+        if np.ptp(w) == 0:
+            _verify_integer_swaps(p, x)
+        return solution
+    if abs(spend - t) > _SPEND_RTOL * scale:
+        raise AssertionError(f"budget violated: sum_k w_k x_k = {spend:.12g}, target {t:.12g}")
+    if nu < 0:
+        raise AssertionError(f"dual feasibility violated: nu = {nu} < 0")
+    res = _kkt_residual(solution)
+    if res > _KKT_RTOL:
+        raise AssertionError(f"stationarity / complementary slackness violated: relative residual {res:.3g}")
+    return solution
+
+
+def _verify_integer_swaps(p, x):
+    def f(i, r):
+        return p.q[i] * np.log1p(r / p.beta[i])
+    k = np.arange(x.size)
+    gain_up = np.where(x + 1 <= p.upper, f(k, x + 1) - f(k, x), -np.inf)
+    loss_dn = np.where(x - 1 >= p.lower, f(k, x) - f(k, np.maximum(x - 1, p.lower)), np.inf)
+    # best move between two *different* layers: compare the top-2 gains with the bottom-2 losses
+    up, dn = np.argsort(-gain_up)[:2], np.argsort(loss_dn)[:2]
+    best = max((gain_up[i] - loss_dn[j] for i in up for j in dn if i != j), default=-np.inf)
+    if best > 1e-12:
+        raise AssertionError("integer optimality violated: moving one unit between layers improves the objective")
+    if _spend(p, x) + p.cost[0] <= p.target * (1 + 1e-12) and gain_up.max() > 0:
+        raise AssertionError("integer optimality violated: an improving unit still fits in the budget")
+
+
+# ----------------------------------------------------------------------------- transfer regret
+
+@dataclass(frozen=True)
+class Regret:
+    """Transfer regret of allocating with source scores on the target program (see `regret_bound`)."""
+    regret: float         # F_T(x*(q_T)) - F_T(x*(q_S)) >= 0
+    delta: float          # ||q_T - q_S||_2 on the simplex
+    bound: float          # C * delta^2, always >= regret
+    constant: float       # C = L_q^2 / mu_T = kappa_T L_q^2 / L_T
+    mu: float             # strong-concavity modulus of F_T on the feasible box
+    smoothness: float     # L_T, smoothness modulus of F_T on the box
+    kappa: float          # L_T / mu_T, the target program's condition number
+    lipschitz_q: float    # L_q: ||grad F_q(x) - grad F_q'(x)|| <= L_q ||q - q'||
+    paper_bound: float    # kappa_T L_q^2 / (2 mu_T) delta^2: the smoothness route, valid when the active set does not change
+
+
+def regret_bound(q_source, q_target, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Regret:
+    """Transfer regret of program A and its O(delta^2) bound (seed 003, transfer theorem).
+
+    x_S = x*(q_S), x_T = x*(q_T) on the same feasible set E = {sum c r = B, lower <= r <= upper}.
+    Constants on the box (r_max_k = upper_k, or what the budget allows when upper is infinite):
+      mu_T  = min_k q_T,k / (beta_k + r_max_k)^2     (-F_T'' >= mu_T: strong concavity)
+      L_T   = max_k q_T,k / (beta_k + lower_k)^2     (-F_T'' <= L_T: smoothness)
+      L_q   = max_k 1 / (beta_k + lower_k)           (grad_r F_q = q / (beta + r) is L_q-Lipschitz in q)
+    Derivation: concavity gives R = F_T(x_T) - F_T(x_S) <= grad F_T(x_S)^T (x_T - x_S); optimality of
+    x_S for F_S gives grad F_S(x_S)^T (x_T - x_S) <= 0; subtracting, R <= L_q delta ||x_T - x_S||.
+    Strong monotonicity with both optimality conditions gives mu_T ||x_T - x_S||^2 <= L_q delta ||x_T - x_S||.
+    Hence R <= (L_q^2 / mu_T) delta^2 = (kappa_T L_q^2 / L_T) delta^2. The smoothness route of the
+    paper, R <= (L_T/2) ||x_T - x_S||^2 <= kappa_T L_q^2 / (2 mu_T) delta^2, needs the first-order term
+    grad F_T(x_T)^T (x_S - x_T) to vanish, which holds when no bound is active (or the active set is shared).
+    """
+    qs, qt = normalise(q_source), normalise(q_target)
+    if qs.size != qt.size:
+        raise ValueError(f"source and target scores need the same number of layers, got {qs.size} and {qt.size}")
+    src = allocate(qs, budget, cost=cost, beta=beta, lower=lower, upper=upper)
+    tgt = allocate(qt, budget, cost=cost, beta=beta, lower=lower, upper=upper)
+    p = tgt.problem
+    regret = max(0.0, p.objective(tgt.x) - p.objective(src.x))
+    delta = float(np.linalg.norm(qt - qs))
+    slack = p.budget - p.cost @ p.lower
+    r_max = np.minimum(p.upper, p.lower + slack / p.cost)
+    mu = float(np.min(qt / (p.beta + r_max) ** 2))
+    smooth = float(np.max(qt / (p.beta + p.lower) ** 2))
+    lip_q = float(np.max(1.0 / (p.beta + p.lower)))
+    with np.errstate(divide="ignore"):
+        const = lip_q**2 / mu if mu > 0 else np.inf
+        kappa = smooth / mu if mu > 0 else np.inf
+    return Regret(regret=regret, delta=delta, bound=const * delta**2, constant=const, mu=mu, smoothness=smooth,
+                  kappa=kappa, lipschitz_q=lip_q, paper_bound=kappa * lip_q**2 / (2 * mu) * delta**2 if mu > 0 else np.inf)
+
+
+# ----------------------------------------------------------------------------- teaching helpers
+
+def bisection_trace(solution_or_problem, tol=1e-12):
+    """The bisection steps for a continuous problem: a list of (nu_lo, nu_hi, nu_mid, spend(nu_mid)).
+
+    For the allocation widget: the bracket halves (in log nu) every step around the dual level.
+    """
+    p = getattr(solution_or_problem, "problem", solution_or_problem)
+    steps: list[tuple[float, float, float, float]] = []
+    lo_end, hi_end = _saturation(p)
+    if (p.sense == "max" and p.target >= hi_end) or (p.sense == "min" and p.target <= lo_end):
+        return steps
+    _bisect(p, tol, trace=steps)
+    return steps
+
+
+def budget_curve(solution_or_problem, nus) -> np.ndarray:
+    """sum_k w_k x_k(nu) for each nu: the monotone curve that bisection searches (water-filling picture)."""
+    p = getattr(solution_or_problem, "problem", solution_or_problem)
+    return np.array([_spend(p, p.x_of_nu(float(nu))) for nu in np.atleast_1d(nus)])
