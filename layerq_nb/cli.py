@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "perplexity on each task, and one generated answer.")
     demo.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
     demo.add_argument("--tasks", nargs="+", default=["prose", "code", "arithmetic"], help="tasks to evaluate")
-    demo.add_argument("--blocks", type=int, default=8, help="test blocks per task (default: %(default)s)")
+    demo.add_argument("--blocks", type=int, default=16, help="test blocks per task (default: %(default)s)")
     demo.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
     demo.add_argument("--batch-size", type=int, default=4, help="blocks per forward pass (default: %(default)s)")
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")

@@ -76,11 +76,12 @@ def _shuffled(keys: list[str], seed: int) -> list[str]:
 
 
 def _prose(split: str, seed: int) -> Iterator[list[Segment]]:
-    # topics differ a lot in length, so split by paragraph (keyed "topic:i") to keep the 80/10/10 balance
+    # topics differ a lot in length, so split by paragraph to keep the 80/10/10 balance; keyed by the
+    # paragraph's text, so a paragraph repeated in several topics lands in one split only
     from pydoc_data.topics import topics
     for k in _shuffled(sorted(topics), seed):
-        paragraphs = [p for p in topics[k].split("\n\n") if p.strip()]
-        mine = [p for i, p in enumerate(paragraphs) if _split_of(f"prose:{k}:{i}") == split]
+        paragraphs = [p.strip() for p in topics[k].split("\n\n") if p.strip()]
+        mine = [p for p in paragraphs if _split_of("prose:" + p) == split]
         if mine:
             yield [("\n\n".join(mine).strip() + "\n", True)]
 

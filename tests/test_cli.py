@@ -1,0 +1,43 @@
+"""The `layerq` command: help, doctor, demo on the real model, one-line errors."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from layerq_nb.cli import main
+
+
+def test_help_reads_well():
+    out = subprocess.run([sys.executable, "-m", "layerq_nb.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert "demo" in out.stdout and "doctor" in out.stdout and "examples:" in out.stdout
+
+
+def test_doctor_reports_versions(capsys):
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    import torch
+    assert torch.__version__ in out and "smollm2-135m" in out and "device" in out
+
+
+def test_bad_input_is_one_line_without_traceback(capsys):
+    assert main(["demo", "--model", "no-such-model"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "unknown model 'no-such-model'" in err
+
+
+def test_bad_task_is_one_line(capsys, real):
+    assert main(["demo", "--tasks", "poetry", "--blocks", "1"]) == 2
+    assert "unknown task 'poetry'" in capsys.readouterr().err
+
+
+@pytest.mark.real_model
+def test_demo_on_the_real_model(capsys, real):
+    assert main(["demo", "--blocks", "1", "--block-size", "128"]) == 0
+    out = capsys.readouterr().out
+    assert "llama, 30 layers, hidden 576, 134.5M parameters" in out
+    for task in ("prose", "code", "arithmetic"):
+        assert f"  {task}" in out
+    assert "answer" in out
