@@ -17,12 +17,15 @@ _LAZY = {
     "load_task": "data", "Blocks": "data",
     # evaluation
     "perplexity": "evaluate", "mean_loss": "evaluate",
+    # scoring
+    "score": "scoring", "newton_step": "scoring", "layer_gradients": "scoring", "LayerScores": "scores",
 }
 
 __all__ = [
     "allocate", "prune", "verify", "regret_bound",          # MDL programs (numpy)
     "load_model", "layers", "Layer", "load_task", "Blocks",  # models and tasks (torch, lazy)
     "perplexity", "mean_loss",                               # evaluation (torch, lazy)
+    "score", "newton_step", "layer_gradients", "LayerScores", # scoring (torch, lazy; LayerScores numpy)
 ]
 
 

@@ -12,6 +12,8 @@ __all__ = ["main"]
 EPILOG = """examples:
   layerq demo                          real SmolLM2-135M: model facts, perplexity per task, an answer
   layerq demo --blocks 16 --tasks prose code
+  layerq score --task arithmetic --curvature ekfac --out scores.json
+  torchrun --nproc_per_node=2 -m layerq_nb.cli score --task prose    same scores, blocks sharded
   layerq doctor                        versions of the stack, the device, where the model comes from
 """
 
@@ -74,6 +76,58 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _init_distributed():
+    """Under torchrun (WORLD_SIZE > 1): join the process group, gloo on CPU and NCCL on GPU."""
+    import os
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return dist
+
+
+def cmd_score(args) -> int:
+    from .data import load_task
+    from .models import load_model
+    from .scoring import score
+
+    dist = _init_distributed()
+    rank = dist.get_rank() if dist else 0
+    try:
+        device = args.device
+        if dist and device == "auto":
+            import torch
+            device = f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+        model, tokenizer = load_model(args.model, device=device)
+        blocks = load_task(args.task, tokenizer, split=args.split, n_blocks=args.blocks, block_size=args.block_size,
+                           seed=args.seed)
+        t0 = time.perf_counter()
+        result = score(model, blocks, method=args.method, curvature=args.curvature, damping=args.damping,
+                       damping_mode=args.damping_mode, granularity=args.granularity, fisher=args.fisher,
+                       batch_size=args.batch_size, seed=args.seed, progress=rank == 0)
+        seconds = time.perf_counter() - t0
+    finally:
+        if dist:
+            dist.barrier()
+    if rank == 0:
+        world = dist.get_world_size() if dist else 1
+        print(f"{result.method} on {args.task} ({blocks.n_targets} tokens, {world} process{'es' * (world > 1)}, "
+              f"{seconds:.1f} s)")
+        print(f"  {'layer':<24}{'value':>14}{'q':>9}")
+        for name, value, q in zip(result.names, result.values, result.q):
+            print(f"  {name:<24}{value:>14.5g}{q:>9.4f}")
+        if args.out:
+            result.save(args.out)
+            print(f"wrote {args.out}")
+    if dist:
+        dist.destroy_process_group()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerq", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -91,6 +145,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     demo.add_argument("--question", default="What is 12 + 35?", help="question for the generated answer")
     demo.set_defaults(func=cmd_demo)
+
+    sc = sub.add_parser("score", help="layer scores zeta^2 (or grad-norm) on a task; torchrun-ready",
+                        description="Score every layer of a model on a task. Under torchrun "
+                                    "(torchrun --nproc_per_node=2 -m layerq_nb.cli score ...) the blocks are "
+                                    "sharded across processes and the statistics summed.")
+    sc.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    sc.add_argument("--task", default="prose", help="prose, code, arithmetic or hf:<dataset> (default: %(default)s)")
+    sc.add_argument("--split", default="train", help="train, validation or test (default: %(default)s)")
+    sc.add_argument("--blocks", type=int, default=8, help="blocks to score on (default: %(default)s)")
+    sc.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
+    sc.add_argument("--method", default="zeta2", choices=["zeta2", "grad_norm"])
+    sc.add_argument("--curvature", default="kfac", choices=["identity", "diag", "kfac", "ekfac", "exact"])
+    sc.add_argument("--damping", type=float, default=0.1, help="damping level (default: %(default)s)")
+    sc.add_argument("--damping-mode", default="relative", choices=["relative", "absolute"])
+    sc.add_argument("--fisher", default="sampled", choices=["sampled", "empirical"])
+    sc.add_argument("--granularity", default="block", choices=["block", "module"])
+    sc.add_argument("--batch-size", type=int, default=4, help="blocks per pass (default: %(default)s)")
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    sc.add_argument("--out", default=None, help="write the LayerScores as JSON here")
+    sc.set_defaults(func=cmd_score)
 
     doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
     doctor.set_defaults(func=cmd_doctor)

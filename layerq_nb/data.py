@@ -177,7 +177,7 @@ def load_task(name: str, tokenizer, split: str = "train", n_blocks: int | None =
         flat = [seg for doc in pending for seg in doc]
         if not flat:
             return
-        encoded = tokenizer([t for t, _ in flat], add_special_tokens=False)["input_ids"]
+        encoded = tokenizer([t for t, _ in flat], add_special_tokens=False, verbose=False)["input_ids"]
         seg_iter = iter(zip(encoded, flat))
         for doc in pending:
             for _ in doc:

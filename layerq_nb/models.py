@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["SHORT_NAMES", "Layer", "load_model", "layers", "model_source", "cache_dir", "pick_device"]
+__all__ = ["SHORT_NAMES", "Layer", "load_model", "layers", "weight_matrix", "model_source", "cache_dir", "pick_device"]
 
 SHORT_NAMES = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -99,7 +99,7 @@ def _cache_gguf(short: str, target: Path):
         os.replace(tmp, target)  # atomic: never a half-written cache
 
 
-def _tiny_llama(n_layers: int = 3, seed: int = 0):
+def _tiny_llama(n_layers: int = 3, seed: int = 0, hidden_size: int = 32, heads: int = 4, kv_heads: int = 2):
     """A random 3-layer Llama (hidden 32, 4 heads, 2 KV heads) with a byte-level tokenizer. Tests only."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -111,8 +111,9 @@ def _tiny_llama(n_layers: int = 3, seed: int = 0):
     backend.decoder = decoders.ByteLevel()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>",
                                         pad_token="<|endoftext|>", model_max_length=512)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=n_layers,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+    config = LlamaConfig(vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                         num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                         max_position_embeddings=512,
                          eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<|endoftext|>"],
                          tie_word_embeddings=False)
     with torch.random.fork_rng(devices=[]):
@@ -194,6 +195,12 @@ _FAMILIES = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model
 def _linear_types():
     from transformers.pytorch_utils import Conv1D
     return (nn.Linear, Conv1D)
+
+
+def weight_matrix(module) -> torch.Tensor:
+    """The module's weight as a (d_out, d_in) view: GPT-2's Conv1D stores it transposed."""
+    from transformers.pytorch_utils import Conv1D
+    return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
 def layers(model) -> list[Layer]:

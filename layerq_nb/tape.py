@@ -1,0 +1,222 @@
+"""One hooked forward/backward pass that hands per-module inputs a and output gradients b to reducers.
+
+For a linear map s = W a (per token), the weight gradient of a loss is sum_t b_t a_t^T with
+b_t = dLoss/ds_t. Every statistic the scoring core needs is a reduction of (a, b) over tokens
+(DESIGN.md section 4; K-FAC: Martens & Grosse 2015; EK-FAC: George et al. 2018):
+
+    gradient        sum_t b_t a_t^T                      (d_out, d_in)
+    K-FAC factors   A = sum_t a_t a_t^T,  G = sum_t b_t b_t^T
+    diag Fisher     sum_t (b_t * b_t) (a_t * a_t)^T
+    EK-FAC          sum_i (Q_G^T [sum_{t in i} b_t a_t^T] Q_A)^2  (per-sequence gradients, squared in
+                    the K-FAC eigenbasis: keeps the cross-position terms that K-FAC's per-token factors drop)
+
+The weights are frozen during the pass and the embedding output is made to require grad, so backward
+computes activation gradients only (no weight gradients: the reducers form them). Padding (attention
+mask 0) is removed before reducing. An input shared by several modules (q/k/v, gate/up) is one
+tensor; reducers may key work on it by `shared` so it is done once.
+
+Loss conventions: `labels="data"` backpropagates the mean loss over all targets of all blocks (so the
+gradient reduction sums to the true g); `labels="sampled"` backpropagates the *summed* loss of labels
+sampled from the model's own predictive distribution (the true Fisher's per-token gradients).
+Reducer state is plain tensors in a dict, summed across processes by `all_reduce`.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import IGNORE, Blocks
+from .models import layers as find_layers
+
+__all__ = ["Reducer", "GradientSum", "KFACFactors", "DiagonalFisher", "EKFACCorrection", "run_tape",
+           "all_reduce", "module_keys"]
+
+
+def module_keys(model) -> list[tuple[int, str]]:
+    """(layer index, module name) for every linear module of every decoder block, in order."""
+    return [(layer.index, name) for layer in find_layers(model) for name in layer.linears]
+
+
+class Reducer:
+    """Accumulates one statistic per module. Subclasses implement `update`; `state` is plain tensors."""
+
+    def __init__(self):
+        self.state: dict[tuple[int, str], torch.Tensor] = {}
+        self.tokens = 0
+
+    def begin_batch(self, n_tokens: int):
+        self.tokens += n_tokens
+        self._shared: dict[int, torch.Tensor] = {}
+
+    def once(self, shared: int, fn):
+        """fn() computed once per batch for an input shared by several modules (q/k/v, gate/up)."""
+        if shared not in self._shared:
+            self._shared[shared] = fn()
+        return self._shared[shared]
+
+    def add(self, key, value):
+        self.state[key] = self.state[key] + value if key in self.state else value
+
+    def update(self, key, a, b, shared, bounds):   # pragma: no cover - interface
+        """a (T, d_in), b (T, d_out) for the batch's unpadded tokens; bounds[i]:bounds[i+1] are block i's rows."""
+        raise NotImplementedError
+
+
+class GradientSum(Reducer):
+    """sum_t b_t a_t^T: the weight gradient of the backpropagated loss."""
+
+    def update(self, key, a, b, shared, bounds):
+        self.add(key, b.T @ a)                         # (d_out, d_in)
+
+
+class KFACFactors(Reducer):
+    """A = sum_t a_t a_t^T (d_in, d_in) and G = sum_t b_t b_t^T (d_out, d_out) per module."""
+
+    def update(self, key, a, b, shared, bounds):
+        aa = self.once(shared, lambda: a.T @ a)        # shared inputs: one product for q, k and v
+        self.add(("A", *key), aa.clone() if ("A", *key) not in self.state else aa)
+        self.add(("G", *key), b.T @ b)
+
+
+class DiagonalFisher(Reducer):
+    """sum_t (b_t * b_t)(a_t * a_t)^T: the diagonal of sum_t vec(b_t a_t^T) vec(b_t a_t^T)^T."""
+
+    def update(self, key, a, b, shared, bounds):
+        a2 = self.once(shared, lambda: a * a)
+        self.add(key, (b * b).T @ a2)
+
+
+class EKFACCorrection(Reducer):
+    """sum_i (Q_G^T g_i Q_A)^2 with g_i = sum_{t in block i} b_t a_t^T: second moments of per-sequence
+    gradients in the K-FAC eigenbasis (George et al. 2018; kronfluence does the same)."""
+
+    def __init__(self, eigenbases: dict):
+        super().__init__()
+        self.eigenbases = eigenbases                   # key -> (Q_A, Q_G)
+
+    def update(self, key, a, b, shared, bounds):
+        q_a, q_g = self.eigenbases[key]
+        a_rot = self.once(shared, lambda: a @ q_a)     # (T, d_in), shared inputs rotated once
+        b_rot = b @ q_g                                # (T, d_out)
+        total = 0.0
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            total = total + (b_rot[lo:hi].T @ a_rot[lo:hi]) ** 2
+        self.add(key, total)
+
+
+def all_reduce(reducers: Iterable[Reducer]):
+    """Sum every reducer's tensors (and token counts) across torch.distributed processes."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    for reducer in reducers:
+        for key in sorted(reducer.state, key=str):      # the same order on every process
+            dist.all_reduce(reducer.state[key])
+        count = torch.tensor([reducer.tokens], dtype=torch.float64)
+        dist.all_reduce(count)
+        reducer.tokens = int(count.item())
+
+
+@contextlib.contextmanager
+def _hooks(model, on_pair):
+    """Hook every linear module of every block: forward keeps a, a tensor hook on the output gets b.
+    Weights are frozen and the embedding output requires grad; everything is restored on exit."""
+    handles, saved_flags = [], [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in saved_flags:
+            p.requires_grad_(False)
+        embed = model.get_input_embeddings()
+        handles.append(embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True)))
+        for layer in find_layers(model):
+            for name, module in layer.linears.items():
+                key = (layer.index, name)
+
+                def forward_hook(mod, inputs, out, key=key):
+                    a = inputs[0]
+                    if out.requires_grad:
+                        out.register_hook(lambda b, a=a: on_pair(key, a, b))
+                handles.append(module.register_forward_hook(forward_hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
+
+
+def _sample_labels(logits, labels, seeds):
+    """Labels drawn from the model's predictive distribution where the data has a target; one seed
+    per block, so the draw does not depend on how blocks are batched or sharded."""
+    probs = torch.softmax(logits.detach().float(), dim=-1)
+    rows = []
+    for row, seed in zip(probs, seeds):
+        gen = torch.Generator(device=probs.device).manual_seed(seed)
+        rows.append(torch.multinomial(row, 1, generator=gen)[:, 0])
+    return torch.where(labels == IGNORE, labels, torch.stack(rows))
+
+
+def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data", reduction: str = "mean",
+             batch_size: int = 4, seed: int = 0, block_ids=None, n_targets: int | None = None,
+             progress: bool = True, desc: str = "tape", autocast: bool = False, only=None) -> float:
+    """One forward/backward pass over `blocks` feeding (a, b) per module to every reducer.
+
+    labels: "data" (the blocks' labels) or "sampled" (drawn from the model, seeded per block, for the
+    true Fisher). reduction: "mean" backpropagates the loss averaged over `n_targets` targets (default:
+    the blocks' own; pass the global count when the blocks are one shard of many), "sum" the summed
+    loss (per-token gradients, for Fisher statistics). `block_ids` (global block indices) make sampled
+    labels independent of sharding and batching. `only`: layer indices whose modules are reduced
+    (default all). Returns the summed data-label loss over the blocks.
+    """
+    if labels not in ("data", "sampled"):
+        raise ValueError(f"labels must be 'data' or 'sampled', got {labels!r}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if len(blocks) == 0:
+        raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
+    if blocks.n_targets == 0:
+        raise ValueError(f"every label of the {blocks.task!r} blocks is masked: there is no loss to differentiate")
+    n_targets = n_targets or blocks.n_targets
+    block_ids = list(range(len(blocks))) if block_ids is None else list(block_ids)
+    device = next(model.parameters()).device
+    valid = {}
+
+    def on_pair(key, a, b):
+        if only is not None and key[0] not in only:
+            return
+        keep = valid["mask"]
+        a2 = a.detach().reshape(-1, a.shape[-1])[keep].float()     # (T, d_in), padding removed
+        b2 = b.detach().reshape(-1, b.shape[-1])[keep].float()     # (T, d_out)
+        for r in reducers:
+            r.update(key, a2, b2, id(a), valid["bounds"])
+
+    total = 0.0
+    bar = tqdm(total=len(blocks), desc=desc, unit="block", disable=not progress, leave=False)
+    with _hooks(model, on_pair):
+        for start, batch in zip(range(0, len(blocks), batch_size), blocks.batches(batch_size)):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            mask = batch["attention_mask"].reshape(-1).bool()
+            valid["mask"] = mask
+            valid["bounds"] = [0, *torch.cumsum(batch["attention_mask"].sum(1), 0).tolist()]
+            for r in reducers:
+                r.begin_batch(int(mask.sum()))
+            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+            with ctx:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                  ignore_index=IGNORE, reduction="sum")
+            total += float(nll.detach())
+            if labels == "sampled":
+                ids = block_ids[start:start + batch["input_ids"].shape[0]]
+                sampled = _sample_labels(logits, targets, [seed * 1_000_003 + i for i in ids])
+                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sampled.reshape(-1),
+                                      ignore_index=IGNORE, reduction="sum")
+            loss = nll / n_targets if reduction == "mean" else nll
+            loss.backward()
+            bar.update(batch["input_ids"].shape[0])
+    bar.close()
+    return total
