@@ -57,34 +57,39 @@ def layer_gradients(model, blocks: Blocks, batch_size: int = 4, progress: bool =
 
 def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float = 0.1,
                   damping_mode: str = "relative", fisher: str = "sampled", batch_size: int = 4, seed: int = 0,
-                  progress: bool = True, only=None) -> dict:
+                  progress: bool = True, only=None, gradients: bool = False):
     """(H + lam I)^-1 per (layer, module) for the factored curvatures: identity, diag, kfac, ekfac.
-    `only`: layer indices to build (default all)."""
+    `only`: layer indices to build (default all). `gradients=True` also returns the layer gradients,
+    taken from the same forward passes as the first statistics pass: (solves, grads)."""
     if fisher not in ("sampled", "empirical"):
         raise ValueError(f"fisher must be 'sampled' (true Fisher) or 'empirical' (data labels), got {fisher!r}")
     labels = "sampled" if fisher == "sampled" else "data"
     keys = [(layer.index, name) for layer in find_layers(model) for name in layer.linears
             if only is None or layer.index in only]
     if curvature == "identity":   # H = I: the mean eigenvalue is 1, so both damping modes give lam = damping
-        return {k: curv.ModuleSolve(eig=torch.zeros(()), lam=float(damping)) for k in keys}
+        solves = {k: curv.ModuleSolve(eig=torch.zeros(()), lam=float(damping)) for k in keys}
+        return (solves, layer_gradients(model, blocks, batch_size, progress)) if gradients else solves
+    if curvature not in ("diag", "kfac", "ekfac"):
+        raise ValueError(f"unknown curvature {curvature!r}: use one of {', '.join(curv.CURVATURES)}")
     shard, ids = _shard(blocks)
     n = blocks.n_targets
     tape = dict(labels=labels, reduction="sum", batch_size=batch_size, seed=seed, block_ids=ids,
                 n_targets=n, progress=progress, only=only)
+    grads = GradientSum()
+    first = DiagonalFisher() if curvature == "diag" else KFACFactors()
+    run_tape(model, shard, [first], desc="gradients + " + ("diag Fisher" if curvature == "diag" else "K-FAC factors"),
+             then=[([grads], "data", "mean")] if gradients else None, **tape)
+    all_reduce([first, grads])
+
+    def done(solves):
+        return (solves, grads.state) if gradients else solves
     if curvature == "diag":
-        diag = DiagonalFisher()
-        run_tape(model, shard, [diag], desc="diag Fisher", **tape)
-        all_reduce([diag])
         out = {}
         for k in keys:
-            d = diag.state[k] / n
+            d = first.state[k] / n
             out[k] = curv.ModuleSolve(eig=d, lam=curv.damping_level(damping, damping_mode, float(d.mean())))
-        return out
-    if curvature not in ("kfac", "ekfac"):
-        raise ValueError(f"unknown curvature {curvature!r}: use one of {', '.join(curv.CURVATURES)}")
-    factors = KFACFactors()
-    run_tape(model, shard, [factors], desc="K-FAC factors", **tape)
-    all_reduce([factors])
+        return done(out)
+    factors = first
     tokens = factors.tokens
     eigen, seen = {}, []
     for k in keys:
@@ -101,8 +106,8 @@ def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float
         run_tape(model, shard, [corr], desc="EK-FAC corrections", **tape)
         all_reduce([corr])
         eigen = {k: (corr.state[k] / n, q_a, q_g) for k, (_, q_a, q_g) in eigen.items()}
-    return {k: curv.ModuleSolve(eig=e, lam=curv.damping_level(damping, damping_mode, float(e.mean())), q_a=q_a, q_g=q_g)
-            for k, (e, q_a, q_g) in eigen.items()}
+    return done({k: curv.ModuleSolve(eig=e, lam=curv.damping_level(damping, damping_mode, float(e.mean())),
+                                     q_a=q_a, q_g=q_g) for k, (e, q_a, q_g) in eigen.items()})
 
 
 def score(model, blocks: Blocks, method: str = "zeta2", curvature: str = "kfac", damping: float = 0.1,
@@ -121,7 +126,12 @@ def score(model, blocks: Blocks, method: str = "zeta2", curvature: str = "kfac",
     if granularity not in ("block", "module"):
         raise ValueError(f"granularity must be 'block' or 'module', got {granularity!r}")
     found = find_layers(model)
-    grads = layer_gradients(model, blocks, batch_size=batch_size, progress=progress)
+    factored = method == "zeta2" and curvature != "exact"
+    if factored:    # gradients ride on the statistics pass (one forward, two backwards)
+        solves, grads = module_solves(model, blocks, curvature, damping, damping_mode, fisher, batch_size, seed,
+                                      progress, gradients=True)
+    else:
+        grads = layer_gradients(model, blocks, batch_size=batch_size, progress=progress)
     meta = dict(task=blocks.task, split=blocks.split, blocks=len(blocks), tokens=blocks.n_targets,
                 model=getattr(model, "layerq_name", None), granularity=granularity, seed=seed)
     per_module: dict = {}
@@ -141,7 +151,6 @@ def score(model, blocks: Blocks, method: str = "zeta2", curvature: str = "kfac",
             meta["cg_iterations"].append(ex.cg_iterations)
             meta["cg_residual"].append(ex.cg_residual)
     else:
-        solves = module_solves(model, blocks, curvature, damping, damping_mode, fisher, batch_size, seed, progress)
         per_module = {k: float((grads[k].double() * solves[k].solve(grads[k]).double()).sum()) for k in grads}
         meta.update(curvature=curvature, damping=damping, damping_mode=damping_mode, fisher=fisher,
                     lam={f"{i}.{m}": s.lam for (i, m), s in solves.items()})
@@ -200,9 +209,8 @@ def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damp
     found = find_layers(model)
     if not 0 <= layer < len(found):
         raise ValueError(f"layer {layer} out of range: the model has layers 0..{len(found) - 1}")
-    grads = layer_gradients(model, blocks, batch_size=batch_size, progress=progress)
-    solves = module_solves(model, blocks, curvature, damping, damping_mode, "sampled", batch_size, seed, progress,
-                           only={layer})
+    solves, grads = module_solves(model, blocks, curvature, damping, damping_mode, "sampled", batch_size, seed,
+                                  progress, only={layer}, gradients=True)
     target = found[layer]
     keys = [(layer, m) for m in target.linears]
     steps = {k: solves[k].solve(grads[k]) for k in keys}

@@ -161,7 +161,7 @@ def _sample_labels(logits, labels, seeds):
 
 def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data", reduction: str = "mean",
              batch_size: int = 4, seed: int = 0, block_ids=None, n_targets: int | None = None,
-             progress: bool = True, desc: str = "tape", autocast: bool = False, only=None) -> float:
+             progress: bool = True, desc: str = "tape", autocast: bool = False, only=None, then=None) -> float:
     """One forward/backward pass over `blocks` feeding (a, b) per module to every reducer.
 
     labels: "data" (the blocks' labels) or "sampled" (drawn from the model, seeded per block, for the
@@ -169,7 +169,9 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     the blocks' own; pass the global count when the blocks are one shard of many), "sum" the summed
     loss (per-token gradients, for Fisher statistics). `block_ids` (global block indices) make sampled
     labels independent of sharding and batching. `only`: layer indices whose modules are reduced
-    (default all). Returns the summed data-label loss over the blocks.
+    (default all). `then`: further (reducers, labels, reduction) phases that reuse each batch's forward
+    pass with one more backward each (gradients and Fisher statistics from one forward).
+    Returns the summed data-label loss over the blocks.
     """
     if labels not in ("data", "sampled"):
         raise ValueError(f"labels must be 'data' or 'sampled', got {labels!r}")
@@ -182,6 +184,10 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     n_targets = n_targets or blocks.n_targets
     block_ids = list(range(len(blocks))) if block_ids is None else list(block_ids)
     device = next(model.parameters()).device
+    phases = [(reducers, labels, reduction), *(then or [])]
+    for _, lab, red in phases:
+        if lab not in ("data", "sampled") or red not in ("mean", "sum"):
+            raise ValueError(f"a phase needs labels 'data'|'sampled' and reduction 'mean'|'sum', got {lab!r}, {red!r}")
     valid = {}
 
     def on_pair(key, a, b):
@@ -190,7 +196,7 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
         keep = valid["mask"]
         a2 = a.detach().reshape(-1, a.shape[-1])[keep].float()     # (T, d_in), padding removed
         b2 = b.detach().reshape(-1, b.shape[-1])[keep].float()     # (T, d_out)
-        for r in reducers:
+        for r in valid["reducers"]:
             r.update(key, a2, b2, id(a), valid["bounds"])
 
     total = 0.0
@@ -201,8 +207,9 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
             mask = batch["attention_mask"].reshape(-1).bool()
             valid["mask"] = mask
             valid["bounds"] = [0, *torch.cumsum(batch["attention_mask"].sum(1), 0).tolist()]
-            for r in reducers:
-                r.begin_batch(int(mask.sum()))
+            for phase_reducers, _, _ in phases:
+                for r in phase_reducers:
+                    r.begin_batch(int(mask.sum()))
             ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
             with ctx:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -210,13 +217,16 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                   ignore_index=IGNORE, reduction="sum")
             total += float(nll.detach())
-            if labels == "sampled":
-                ids = block_ids[start:start + batch["input_ids"].shape[0]]
-                sampled = _sample_labels(logits, targets, [seed * 1_000_003 + i for i in ids])
-                nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sampled.reshape(-1),
-                                      ignore_index=IGNORE, reduction="sum")
-            loss = nll / n_targets if reduction == "mean" else nll
-            loss.backward()
+            for i, (phase_reducers, lab, red) in enumerate(phases):
+                valid["reducers"] = phase_reducers
+                phase_nll = nll
+                if lab == "sampled":
+                    ids = block_ids[start:start + batch["input_ids"].shape[0]]
+                    sampled = _sample_labels(logits, targets, [seed * 1_000_003 + i for i in ids])
+                    phase_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sampled.reshape(-1),
+                                                ignore_index=IGNORE, reduction="sum")
+                loss = phase_nll / n_targets if red == "mean" else phase_nll
+                loss.backward(retain_graph=i < len(phases) - 1)
             bar.update(batch["input_ids"].shape[0])
     bar.close()
     return total
