@@ -41,8 +41,7 @@ def _shard(blocks: Blocks):
 
 def _param_shaped(module, matrix):
     """A (d_out, d_in) statistic in the parameter's own layout (transposed for GPT-2's Conv1D)."""
-    return matrix if weight_matrix(module).data_ptr() == module.weight.data_ptr() and \
-        weight_matrix(module).shape == module.weight.shape else matrix.T
+    return matrix if weight_matrix(module) is module.weight else matrix.T
 
 
 def layer_gradients(model, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> dict:

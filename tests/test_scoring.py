@@ -320,3 +320,27 @@ def test_two_processes_equal_one(tiny, tmp_path, curvature):
                 progress=False)
     np.testing.assert_allclose(two.values, one.values, rtol=1e-4)
     assert "2 processes" in run.stdout
+
+
+def test_gpt2_conv1d_gradients_and_exact_layout():
+    """GPT-2 stores Conv1D weights transposed; the tape's (d_out, d_in) gradients must still match."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=4, n_layer=2, n_head=2, n_positions=32)).eval()
+    model.set_attn_implementation("eager")
+    ids = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(1))
+    blocks = Blocks(ids, ids.clone(), torch.ones_like(ids), "toy", "train")
+    ours = layer_gradients(model, blocks, progress=False)
+    model.zero_grad()
+    model(input_ids=ids, labels=ids).loss.backward()
+    for layer in layers(model):
+        for name, mod in layer.linears.items():
+            torch.testing.assert_close(ours[(layer.index, name)], mod.weight.grad.T, rtol=1e-4, atol=1e-7)
+    grads = {f"{layer.name}.{m}.weight": mod.weight.grad.detach().clone()
+             for layer in layers(model) for m, mod in layer.linears.items()}
+    model.zero_grad()
+    s = score(model, blocks, curvature="exact", damping=0.1, damping_mode="absolute", progress=False)
+    ref, names = dense_ggn_reference(model, blocks, layer_index=1)     # in the parameters' own layout
+    flat = torch.cat([grads[n].reshape(-1) for n in names]).double()
+    expected = float(flat @ torch.linalg.solve(ref + 0.1 * torch.eye(ref.shape[0], dtype=torch.float64), flat))
+    assert s.values[1] == pytest.approx(expected, rel=1e-4)
