@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
+import math
 import platform
 import sys
 import time
@@ -31,7 +33,6 @@ def _versions() -> dict[str, str]:
 
 def cmd_doctor(args) -> int:
     from .models import SHIPPED_GGUF, SHORT_NAMES, cache_dir, pick_device
-    import importlib.util
     for name, version in _versions().items():
         print(f"{name:>14}  {version}")
     print(f"{'device':>14}  {pick_device('auto')}")
@@ -68,7 +69,6 @@ def cmd_demo(args) -> int:
         t0 = time.perf_counter()
         blocks = load_task(task, tokenizer, split="test", n_blocks=args.blocks, block_size=args.block_size)
         ppl = perplexity(model, blocks, batch_size=args.batch_size)
-        import math
         print(f"  {task:<12}{blocks.n_targets:>8}{math.log(ppl):>8.3f}{ppl:>9.2f}{time.perf_counter() - t0:>9.1f}")
     print()
     print(f"question   {args.question}")

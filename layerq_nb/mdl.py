@@ -19,7 +19,7 @@ Numpy only: the math can be taught and tested without torch.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -306,12 +306,7 @@ def _finish(problem, x, nu, iterations, integer=False):
     sol = Solution(x=x, nu=float(nu), objective=problem.objective(x), iterations=iterations,
                    active_lower=active_lower, active_upper=active_upper, kkt_residual=np.nan,
                    problem=problem, integer=integer)
-    return _replace(sol, kkt_residual=_kkt_residual(sol))
-
-
-def _replace(obj, **kw):
-    from dataclasses import replace
-    return replace(obj, **kw)
+    return replace(sol, kkt_residual=_kkt_residual(sol))
 
 
 def _solve(problem, method, tol):
@@ -432,7 +427,7 @@ def _integer_greedy(problem: AllocationProblem) -> Solution:
         raise ValueError(f"no whole number between lower[{i}] = {problem.lower[i]} and upper[{i}] = {problem.upper[i]}")
     if c @ lo > B * (1 + 1e-12):
         raise ValueError(f"budget {B:g} cannot pay the whole-unit lower bounds (needs {c @ lo:g})")
-    cont = _solve(_replace(problem, budget=min(B, float(c @ problem.upper))), "sorted", 1e-12).x
+    cont = _solve(replace(problem, budget=min(B, float(c @ problem.upper))), "sorted", 1e-12).x
     r = np.clip(np.floor(cont + 1e-9), lo, hi)
     while c @ r > B * (1 + 1e-12):        # rounding the lower bounds up can overshoot: back off
         i = np.argmax(np.where(r > lo, c, -np.inf))

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerq_nb import LayerScores, layers, load_task, models, newton_step, score
-from layerq_nb.curvature import ModuleSolve, exact_layer, ggn_vector_product
+from layerq_nb.curvature import exact_layer, ggn_vector_product
 from layerq_nb.data import IGNORE, Blocks
 from layerq_nb.scoring import layer_gradients, module_solves
 
