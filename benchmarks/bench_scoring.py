@@ -70,15 +70,8 @@ def bench(name, model, blocks, batch_size, autocast, with_eigh):
                plain_s=t_plain, grad_pass_s=t_grad, diag_pass_s=t_diag, kfac_pass_s=t_kfac,
                cpus=os.cpu_count(), torch=torch.__version__, machine=platform.machine())
     if with_eigh:
-        def eig_all():
-            out, cache = {}, {}
-            for key, value in factors.state.items():
-                ref = cache.get(value.data_ptr())
-                out[key] = ref if ref is not None else curv.symmetric_eigen(value)
-                cache[value.data_ptr()] = out[key]
-            return out
-        t_eigh, eig = timed(eig_all, device)
-        bases = {k[1:]: (eig[("A", *k[1:])][1], eig[("G", *k[1:])][1]) for k in factors.state if k[0] == "A"}
+        t_eigh, eig = timed(lambda: {key: curv.symmetric_eigen(v) for key, v in factors.state.items()}, device)
+        bases = {k: (eig[("A", *owner)][1], eig[("G", *k)][1]) for k, owner in factors.a_owner.items()}
         t_ekfac, _ = timed(lambda: run_tape(model, blocks, [EKFACCorrection(bases)], labels="sampled",
                                             reduction="sum", **tape), device)
         row.update(eigh_s=t_eigh, ekfac_pass_s=t_ekfac)

@@ -90,14 +90,12 @@ def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float
         return done(out)
     factors = first
     tokens = factors.tokens
-    eigen, seen = {}, []
+    eigen, input_eigen = {}, {}
     for k in keys:
-        A = factors.state[("A", *k)]
-        # q/k/v (and gate/up) share their input, hence their A factor: decompose it once
-        hit = next((e for (layer, a_prev, e) in seen if layer == k[0] and a_prev.shape == A.shape
-                    and torch.equal(a_prev, A)), None)
-        alpha, q_a = hit if hit is not None else curv.symmetric_eigen(A / tokens)
-        seen.append((k[0], A, (alpha, q_a)))
+        owner = factors.a_owner[k]          # q/k/v (and gate/up) share one A: decompose it once
+        if owner not in input_eigen:
+            input_eigen[owner] = curv.symmetric_eigen(factors.A(k) / tokens)
+        alpha, q_a = input_eigen[owner]
         gamma, q_g = curv.symmetric_eigen(factors.state[("G", *k)] / n)
         eigen[k] = (torch.outer(gamma, alpha), q_a, q_g)
     if curvature == "ekfac":

@@ -74,12 +74,21 @@ class GradientSum(Reducer):
 
 
 class KFACFactors(Reducer):
-    """A = sum_t a_t a_t^T (d_in, d_in) and G = sum_t b_t b_t^T (d_out, d_out) per module."""
+    """G = sum_t b_t b_t^T (d_out, d_out) per module and A = sum_t a_t a_t^T (d_in, d_in) per input:
+    modules that read one input (q/k/v, gate/up) share one A, stored under the first of them."""
+
+    def __init__(self):
+        super().__init__()
+        self.a_owner: dict = {}     # module key -> key whose ("A", ...) entry holds its input factor
 
     def update(self, key, a, b, shared, bounds):
-        aa = self.once(shared, lambda: a.T @ a)        # shared inputs: one product for q, k and v
-        self.add(("A", *key), aa.clone() if ("A", *key) not in self.state else aa)
+        owner = self.a_owner.setdefault(key, self.once(shared, lambda: key))
+        if owner == key:
+            self.add(("A", *key), a.T @ a)
         self.add(("G", *key), b.T @ b)
+
+    def A(self, key) -> torch.Tensor:
+        return self.state[("A", *self.a_owner[key])]
 
 
 class DiagonalFisher(Reducer):
@@ -173,10 +182,6 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     pass with one more backward each (gradients and Fisher statistics from one forward).
     Returns the summed data-label loss over the blocks.
     """
-    if labels not in ("data", "sampled"):
-        raise ValueError(f"labels must be 'data' or 'sampled', got {labels!r}")
-    if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
     if len(blocks) == 0:
         raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
     if blocks.n_targets == 0:
@@ -186,15 +191,19 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     device = next(model.parameters()).device
     phases = [(reducers, labels, reduction), *(then or [])]
     for _, lab, red in phases:
-        if lab not in ("data", "sampled") or red not in ("mean", "sum"):
-            raise ValueError(f"a phase needs labels 'data'|'sampled' and reduction 'mean'|'sum', got {lab!r}, {red!r}")
+        if lab not in ("data", "sampled"):
+            raise ValueError(f"labels must be 'data' or 'sampled', got {lab!r}")
+        if red not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {red!r}")
     valid = {}
 
     def on_pair(key, a, b):
         if only is not None and key[0] not in only:
             return
         keep = valid["mask"]
-        a2 = a.detach().reshape(-1, a.shape[-1])[keep].float()     # (T, d_in), padding removed
+        if id(a) not in valid["inputs"]:   # once per batch, whatever the number of phases and readers
+            valid["inputs"][id(a)] = a.detach().reshape(-1, a.shape[-1])[keep].float()   # (T, d_in), no padding
+        a2 = valid["inputs"][id(a)]
         b2 = b.detach().reshape(-1, b.shape[-1])[keep].float()     # (T, d_out)
         for r in valid["reducers"]:
             r.update(key, a2, b2, id(a), valid["bounds"])
@@ -206,6 +215,7 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
             batch = {k: v.to(device) for k, v in batch.items()}
             mask = batch["attention_mask"].reshape(-1).bool()
             valid["mask"] = mask
+            valid["inputs"] = {}
             valid["bounds"] = [0, *torch.cumsum(batch["attention_mask"].sum(1), 0).tolist()]
             for phase_reducers, _, _ in phases:
                 for r in phase_reducers:
