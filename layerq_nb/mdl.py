@@ -214,8 +214,7 @@ def _bracket(problem):
     pos = problem.q > 0
     ends = np.concatenate([at_lower[pos], at_upper[pos]])
     ends = ends[np.isfinite(ends) & (ends > 0)]
-    lo = hi = float(ends.max()) if ends.size else 1.0
-    lo = float(ends.min()) if ends.size else lo
+    lo, hi = (float(ends.min()), float(ends.max())) if ends.size else (1.0, 1.0)
     t, grows = problem.target, problem.sense == "min"   # pruning spend grows with nu, allocation's shrinks
 
     def spend(nu):

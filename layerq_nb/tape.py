@@ -200,11 +200,10 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     def on_pair(key, a, b):
         if only is not None and key[0] not in only:
             return
-        keep = valid["mask"]
         if id(a) not in valid["inputs"]:   # once per batch, whatever the number of phases and readers
-            valid["inputs"][id(a)] = a.detach().reshape(-1, a.shape[-1])[keep].float()   # (T, d_in), no padding
+            valid["inputs"][id(a)] = valid["unpad"](a)                # (T, d_in)
         a2 = valid["inputs"][id(a)]
-        b2 = b.detach().reshape(-1, b.shape[-1])[keep].float()     # (T, d_out)
+        b2 = valid["unpad"](b)                                        # (T, d_out)
         for r in valid["reducers"]:
             r.update(key, a2, b2, id(a), valid["bounds"])
 
@@ -214,8 +213,11 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
         for start, batch in zip(range(0, len(blocks), batch_size), blocks.batches(batch_size)):
             batch = {k: v.to(device) for k, v in batch.items()}
             mask = batch["attention_mask"].reshape(-1).bool()
-            valid["mask"] = mask
             valid["inputs"] = {}
+            if mask.all():   # packed blocks have no padding: a view, no copy
+                valid["unpad"] = lambda x: x.detach().reshape(-1, x.shape[-1]).float()
+            else:
+                valid["unpad"] = lambda x, mask=mask: x.detach().reshape(-1, x.shape[-1])[mask].float()
             valid["bounds"] = [0, *torch.cumsum(batch["attention_mask"].sum(1), 0).tolist()]
             for phase_reducers, _, _ in phases:
                 for r in phase_reducers:

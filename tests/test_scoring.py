@@ -75,6 +75,23 @@ def test_gradients_match_autograd(tiny):
         torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=1e-7)
 
 
+def test_padding_is_removed_before_reducing(tiny):
+    """Right-padded blocks: padded positions carry no loss and are dropped from every statistic."""
+    model, tok = tiny
+    blocks = load_task("prose", tok, split="train", n_blocks=2, block_size=48)
+    mask = torch.ones_like(blocks.input_ids)
+    mask[1, 30:] = 0
+    padded = Blocks(blocks.input_ids, blocks.labels.masked_fill(mask == 0, IGNORE), mask, "prose", "train")
+    ours = layer_gradients(model, padded, batch_size=2, progress=False)
+    ref = autograd_layer_grads(model, padded)
+    for key in ref:
+        torch.testing.assert_close(ours[key], ref[key], rtol=1e-4, atol=1e-7)
+    from layerq_nb.tape import KFACFactors, run_tape
+    factors = KFACFactors()
+    run_tape(model, padded, [factors], labels="sampled", reduction="sum", progress=False)
+    assert factors.tokens == 48 + 30
+
+
 def test_identity_absolute_damping_one_is_the_squared_gradient_norm(tiny):
     model, tok = tiny
     blocks = load_task("prose", tok, split="train", n_blocks=2, block_size=64)
