@@ -23,7 +23,6 @@ class LayerScores:
     values: np.ndarray
     names: tuple[str, ...]
     metadata: dict = field(default_factory=dict)
-    q: np.ndarray = field(init=False)
 
     def __post_init__(self):
         values = np.asarray(self.values, dtype=float)
@@ -35,7 +34,12 @@ class LayerScores:
                              "(for zeta^2, raise the damping)")
         object.__setattr__(self, "values", values)
         object.__setattr__(self, "names", tuple(self.names))
-        object.__setattr__(self, "q", normalise(values))
+
+    @property
+    def q(self) -> np.ndarray:
+        """values / sum(values) on the simplex; negative values (a Shapley value or a leave-one-out drop
+        of a layer that hurts) count as no gain and are clipped to 0 first."""
+        return normalise(np.clip(self.values, 0.0, None))
 
     def __len__(self) -> int:
         return self.values.size

@@ -168,6 +168,11 @@ def _sample_labels(logits, labels, seeds):
     return torch.where(labels == IGNORE, labels, torch.stack(rows))
 
 
+def _token_nll(logits, targets):
+    """(B, T) next-token NLL, 0 where the target is masked."""
+    return F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=IGNORE, reduction="none")
+
+
 def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data", reduction: str = "mean",
              batch_size: int = 4, seed: int = 0, block_ids=None, n_targets: int | None = None,
              progress: bool = True, desc: str = "tape", autocast: bool = False, only=None, then=None) -> float:
@@ -176,7 +181,8 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     labels: "data" (the blocks' labels) or "sampled" (drawn from the model, seeded per block, for the
     true Fisher). reduction: "mean" backpropagates the loss averaged over `n_targets` targets (default:
     the blocks' own; pass the global count when the blocks are one shard of many), "sum" the summed
-    loss (per-token gradients, for Fisher statistics). `block_ids` (global block indices) make sampled
+    loss (per-token gradients, for Fisher statistics), "block_mean" the sum over blocks of each
+    block's mean loss (per-example losses l(z_i), for influence functions). `block_ids` (global block indices) make sampled
     labels independent of sharding and batching. `only`: layer indices whose modules are reduced
     (default all). `then`: further (reducers, labels, reduction) phases that reuse each batch's forward
     pass with one more backward each (gradients and Fisher statistics from one forward).
@@ -193,8 +199,8 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     for _, lab, red in phases:
         if lab not in ("data", "sampled"):
             raise ValueError(f"labels must be 'data' or 'sampled', got {lab!r}")
-        if red not in ("mean", "sum"):
-            raise ValueError(f"reduction must be 'mean' or 'sum', got {red!r}")
+        if red not in ("mean", "sum", "block_mean"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'block_mean', got {red!r}")
     valid = {}
 
     def on_pair(key, a, b):
@@ -226,18 +232,19 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
             with ctx:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]
-            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                  ignore_index=IGNORE, reduction="sum")
-            total += float(nll.detach())
+            per_block_targets = (targets != IGNORE).sum(1).clamp(min=1)
+            nll = _token_nll(logits, targets)
+            total += float(nll.detach().sum())
             for i, (phase_reducers, lab, red) in enumerate(phases):
                 valid["reducers"] = phase_reducers
                 phase_nll = nll
                 if lab == "sampled":
                     ids = block_ids[start:start + batch["input_ids"].shape[0]]
-                    sampled = _sample_labels(logits, targets, [seed * 1_000_003 + i for i in ids])
-                    phase_nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), sampled.reshape(-1),
-                                                ignore_index=IGNORE, reduction="sum")
-                loss = phase_nll / n_targets if red == "mean" else phase_nll
+                    phase_nll = _token_nll(logits, _sample_labels(logits, targets, [seed * 1_000_003 + i for i in ids]))
+                if red == "block_mean":     # sum over blocks of each block's own mean loss
+                    loss = (phase_nll.sum(1) / per_block_targets).sum()
+                else:
+                    loss = phase_nll.sum() / n_targets if red == "mean" else phase_nll.sum()
                 loss.backward(retain_graph=i < len(phases) - 1)
             bar.update(batch["input_ids"].shape[0])
     bar.close()

@@ -1,0 +1,154 @@
+"""Layer ablation: skip decoder blocks (a skipped block returns its input, the identity on the residual
+stream), the cornerstone experiment (drop one layer at a time; seed 002) and layer Shapley values
+with v(S) = -mean NLL of the model with only the layers in S active, on one fixed batch (common
+random numbers for every coalition; layerif.md section 5).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import shapley
+from .data import IGNORE, Blocks
+from .models import layers as find_layers
+from .scores import LayerScores
+
+__all__ = ["skipped", "coalition_losses", "layer_shapley", "cornerstone", "Cornerstone"]
+
+
+def _identity(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+@contextlib.contextmanager
+def skipped(model, skip):
+    """Inside the block the layers in `skip` return their input unchanged (no compute); the model's
+    own forward methods come back on exit, whatever happens inside."""
+    found = find_layers(model)
+    skip = sorted({int(i) for i in skip})
+    bad = [i for i in skip if not 0 <= i < len(found)]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has layers 0..{len(found) - 1}")
+    patched = []
+    try:
+        for i in skip:
+            found[i].module.forward = _identity        # an instance attribute shadows the class method
+            patched.append(found[i].module)
+        yield model
+    finally:
+        for module in patched:
+            del module.forward
+
+
+@contextlib.contextmanager
+def _row_masks(model, active: torch.Tensor):
+    """Per batch row, layer k is active where active[row, k]; an inactive row keeps its input.
+    Layers inactive in every row are skipped outright."""
+    found = find_layers(model)
+    handles = []
+    try:
+        for layer in found:
+            on = active[:, layer.index]
+            if not on.all():
+                def hook(module, args, kwargs, output, on=on):
+                    x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                    return torch.where(on[:, None, None].to(output.device), output, x)
+                handles.append(layer.module.register_forward_hook(hook, with_kwargs=True))
+        with skipped(model, [layer.index for layer in found if not active[:, layer.index].any()]):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np.ndarray:
+    """Mean next-token NLL over `blocks` of the model with only each coalition's layers active.
+    coalitions: boolean (m, K). Coalitions are batched: each forward holds up to `max_rows` rows
+    (coalition x block)."""
+    coalitions = torch.as_tensor(np.asarray(coalitions, dtype=bool))
+    device = next(model.parameters()).device
+    n_blocks = len(blocks)
+    ids, mask, labels = blocks.input_ids.to(device), blocks.attention_mask.to(device), blocks.labels.to(device)
+    per_chunk = max(1, max_rows // n_blocks)
+    out = []
+    for start in range(0, len(coalitions), per_chunk):
+        chunk = coalitions[start:start + per_chunk]
+        rows = chunk.repeat_interleave(n_blocks, dim=0)       # coalition-major, blocks within
+        reps = len(chunk)
+        with _row_masks(model, rows):
+            logits = model(input_ids=ids.repeat(reps, 1), attention_mask=mask.repeat(reps, 1), use_cache=False).logits
+        target = labels.repeat(reps, 1)[:, 1:]
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        per_coalition = nll.reshape(reps, -1).sum(1) / (target != IGNORE).reshape(reps, -1).sum(1)
+        out.extend(per_coalition.tolist())
+    return np.array(out)
+
+
+def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int = 600, seed: int = 0,
+                  players=None, max_rows: int = 8, progress: bool = True) -> tuple[shapley.ShapleyEstimate, LayerScores]:
+    """Shapley value of each layer for v(S) = -mean NLL on `blocks` with only the layers in S active.
+
+    players: the layer indices that play (default all); the others stay active throughout.
+    Returns the estimate and LayerScores of phi (negative phi are kept in `values`; q clips them).
+    """
+    found = find_layers(model)
+    players = list(range(len(found))) if players is None else [int(p) for p in players]
+    bar = tqdm(total=budget if method != "exact" else 2 ** len(players), desc=f"Shapley ({method})",
+               unit="coalition", disable=not progress, leave=False)
+
+    def value(coalitions):
+        full = np.ones((len(coalitions), len(found)), bool)
+        full[:, players] = coalitions
+        bar.update(len(coalitions))
+        return -coalition_losses(model, blocks, full, max_rows=max_rows)
+
+    est = shapley.estimate(value, len(players), method=method, budget=budget, seed=seed)
+    bar.close()
+    names = tuple(found[p].name for p in players)
+    meta = dict(task=blocks.task, blocks=len(blocks), tokens=blocks.n_targets, method=method,
+                evaluations=est.evaluations, stderr=est.stderr.tolist(), v_full=est.v_full, v_empty=est.v_empty,
+                model=getattr(model, "layerq_name", None))
+    return est, LayerScores(method=f"shapley[{method}]", values=est.values, names=names, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Cornerstone:
+    """Leave-one-out: loss with each layer dropped; cornerstones push the loss towards v(empty)."""
+    full_loss: float
+    dropped_loss: np.ndarray      # (K,) mean NLL with layer k skipped
+    empty_loss: float             # every layer skipped: embed -> unembed
+    chance_loss: float            # log(vocabulary size): a uniform guess
+    names: tuple
+
+    @property
+    def drop(self) -> np.ndarray:
+        """Delta_k = loss(N minus k) - loss(N): the leave-one-out cost of each layer."""
+        return self.dropped_loss - self.full_loss
+
+    def cornerstones(self, fraction: float = 0.5) -> list[int]:
+        """Layers whose removal takes the loss at least `fraction` of the way from the full model to
+        chance (a uniform guess over the vocabulary): seed 002's "collapse towards random guessing"."""
+        span = self.chance_loss - self.full_loss
+        if span <= 0:       # the model is no better than chance (a random model): nothing is a cornerstone
+            return []
+        return [int(i) for i in np.flatnonzero(self.drop >= fraction * span)]
+
+    def scores(self) -> LayerScores:
+        return LayerScores(method="leave_one_out", values=self.drop, names=self.names,
+                           metadata=dict(full_loss=self.full_loss, empty_loss=self.empty_loss, chance_loss=self.chance_loss))
+
+
+def cornerstone(model, blocks: Blocks, max_rows: int = 8) -> Cornerstone:
+    """Drop one layer at a time (seed 002's cornerstone experiment), plus the full and empty models."""
+    k = len(find_layers(model))
+    coalitions = np.vstack([np.ones(k, bool), ~np.eye(k, dtype=bool), np.zeros(k, bool)])
+    losses = coalition_losses(model, blocks, coalitions, max_rows=max_rows)
+    return Cornerstone(full_loss=float(losses[0]), dropped_loss=losses[1:-1], empty_loss=float(losses[-1]),
+                       chance_loss=float(np.log(model.get_output_embeddings().weight.shape[0])),
+                       names=tuple(layer.name for layer in find_layers(model)))
