@@ -91,14 +91,20 @@ def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np
 
 
 def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int = 600, seed: int = 0,
-                  players=None, max_rows: int = 8, progress: bool = True) -> tuple[shapley.ShapleyEstimate, LayerScores]:
-    """Shapley value of each layer for v(S) = -mean NLL on `blocks` with only the layers in S active.
+                  players=None, max_rows: int = 8, cap: bool = True,
+                  progress: bool = True) -> tuple[shapley.ShapleyEstimate, LayerScores]:
+    """Shapley value of each layer for v(S) = -min(mean NLL, log V) on `blocks` with only the layers in
+    S active.
 
-    players: the layer indices that play (default all); the others stay active throughout.
+    cap: a model worse than a uniform guess over the V tokens is worth no less than that guess. A
+    heavily ablated LM reaches losses of ~100 nats, and without the cap those few coalitions dominate
+    every marginal (and the sampling variance). players: the layer indices that play (default all);
+    the others stay active throughout.
     Returns the estimate and LayerScores of phi (negative phi are kept in `values`; q clips them).
     """
     found = find_layers(model)
     players = list(range(len(found))) if players is None else [int(p) for p in players]
+    chance = float(np.log(model.get_output_embeddings().weight.shape[0]))
     bar = tqdm(total=budget if method != "exact" else 2 ** len(players), desc=f"Shapley ({method})",
                unit="coalition", disable=not progress, leave=False)
 
@@ -106,12 +112,13 @@ def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int
         full = np.ones((len(coalitions), len(found)), bool)
         full[:, players] = coalitions
         bar.update(len(coalitions))
-        return -coalition_losses(model, blocks, full, max_rows=max_rows)
+        losses = coalition_losses(model, blocks, full, max_rows=max_rows)
+        return -np.minimum(losses, chance) if cap else -losses
 
     est = shapley.estimate(value, len(players), method=method, budget=budget, seed=seed)
     bar.close()
     names = tuple(found[p].name for p in players)
-    meta = dict(task=blocks.task, blocks=len(blocks), tokens=blocks.n_targets, method=method,
+    meta = dict(task=blocks.task, blocks=len(blocks), tokens=blocks.n_targets, method=method, cap=cap,
                 evaluations=est.evaluations, stderr=est.stderr.tolist(), v_full=est.v_full, v_empty=est.v_empty,
                 model=getattr(model, "layerq_name", None))
     return est, LayerScores(method=f"shapley[{method}]", values=est.values, names=names, metadata=meta)

@@ -13,7 +13,7 @@ import numpy as np
 
 from .mdl import normalise
 
-__all__ = ["LayerScores"]
+__all__ = ["LayerScores", "rank_table"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,3 +102,12 @@ def _plain(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def rank_table(scores: list[LayerScores]) -> str:
+    """Markdown table of pairwise Spearman rank correlations between score vectors over the same layers."""
+    labels = [s.method for s in scores]
+    lines = ["| | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for a in scores:
+        lines.append(f"| {a.method} | " + " | ".join(f"{a.spearman(b):+.2f}" for b in scores) + " |")
+    return "\n".join(lines)

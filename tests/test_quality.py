@@ -126,7 +126,7 @@ def test_skipped_layers_are_identity_and_restored(tiny, tiny_blocks):
 
 def test_layer_shapley_and_cornerstone(tiny, tiny_blocks):
     from layerq_nb.ablation import cornerstone, layer_shapley
-    est, scores = layer_shapley(tiny[0], tiny_blocks, method="exact", progress=False)
+    est, scores = layer_shapley(tiny[0], tiny_blocks, method="exact", cap=False, progress=False)
     assert est.evaluations == 8 and abs(est.efficiency_gap) < 1e-9
     corner = cornerstone(tiny[0], tiny_blocks)
     assert corner.full_loss == pytest.approx(-est.v_full) and corner.empty_loss == pytest.approx(-est.v_empty)

@@ -1,0 +1,334 @@
+"""Unstructured pruning: a per-layer sparsity map, then a mask per linear map (DESIGN.md section 7).
+
+Maps (every one keeps the global sparsity exactly, weighted by layer sizes n_k):
+    uniform        s_k = S
+    owl            outlier ratio LOD_k min-max scaled into [0, 2 lam], centred: s_k = S - (D_k - mean_n D)
+                   (more outliers, less pruning; Yin et al. 2024, lam = 0.08)
+    alphapruning   metric m_k scaled linearly into [1 - eps, 1 + eps], times eta so that sum n_k s_k = S sum n_k
+                   (higher alpha, more pruning; Lu et al. 2024, eps = 0.3)
+    layerif        |S(k)| min-max normalised, Savitzky-Golay smoothed (window 7, order 3; the window
+                   shrinks for few layers), then the alphapruning map (LayerIF section 3.4)
+    mdl            MDL program B over q (seed 003): min sum_k q_k phi(s_k) s.t. the global sparsity,
+                   s_k within S -/+ band (the seed-003 code caps s_k near S as well)
+    reverse=True   s_k -> 2S - s_k for any map (a good map's reverse must hurt).
+Masks: magnitude (whole matrix), Wanda (|W_ij| ||X_j||, compared within each output row; Sun et al.
+2023) and SparseGPT (OBS with lazy column blocks of 128, damping 1% of mean diag H; Frantar &
+Alistarh 2023), optionally N:M. Calibration is sequential: layer k's inputs come from the already
+pruned layers below it, one layer at a time.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import mdl
+from .data import Blocks
+from .models import layers as find_layers
+from .models import weight_matrix
+from .scores import LayerScores
+
+__all__ = ["MAPS", "METHODS", "sparsity_map", "magnitude_mask", "wanda_mask", "sparsegpt", "pruned",
+           "PruneReport", "layer_sizes"]
+
+MAPS = ("uniform", "owl", "alphapruning", "layerif", "mdl")
+METHODS = ("magnitude", "wanda", "sparsegpt")
+
+
+def layer_sizes(model) -> np.ndarray:
+    """Prunable weights per decoder layer (its linear maps)."""
+    return np.array([layer.n_params for layer in find_layers(model)], dtype=float)
+
+
+# ----------------------------------------------------------------------------- maps (numpy only)
+
+def _values(scores) -> np.ndarray:
+    return np.asarray(scores.values if isinstance(scores, LayerScores) else scores, dtype=float)
+
+
+def _min_max(x):
+    span = x.max() - x.min()
+    return np.zeros_like(x) if span == 0 else (x - x.min()) / span
+
+
+def _linear_map(metric, sparsity, sizes, epsilon):
+    r = _min_max(metric) * 2 * epsilon + (1 - epsilon)
+    return r * sparsity * sizes.sum() / (sizes @ r)
+
+
+def sparsity_map(kind: str, sparsity: float, sizes, scores=None, *, epsilon: float = 0.3, lam: float = 0.08,
+                 band: float | None = 0.1, penalty: str = "log", window: int = 7, reverse: bool = False,
+                 upper: float = 0.99) -> np.ndarray:
+    """Per-layer sparsity s_k with sum_k n_k s_k = sparsity * sum_k n_k (see the module docstring).
+
+    scores: per-layer values (LayerScores or array): the OWL outlier ratio for "owl", alpha for
+    "alphapruning", LayerIF S(k) for "layerif", any gain (zeta^2, LayerIF, Shapley) for "mdl".
+    """
+    if kind not in MAPS:
+        raise ValueError(f"unknown sparsity map {kind!r}: use one of {', '.join(MAPS)}")
+    sizes = np.asarray(sizes, dtype=float)
+    if not 0 <= sparsity < 1:
+        raise ValueError(f"sparsity {sparsity:g} must lie in [0, 1)")
+    if kind != "uniform":
+        if scores is None:
+            raise ValueError(f"the {kind!r} map needs per-layer scores (e.g. layerq_nb.baselines or score())")
+        values = _values(scores)
+        if values.size != sizes.size or not np.all(np.isfinite(values)):
+            raise ValueError(f"scores must be {sizes.size} finite values, got {values}")
+    if kind == "uniform":
+        s = np.full(sizes.size, float(sparsity))
+    elif kind == "owl":
+        d = _min_max(values) * 2 * lam
+        s = sparsity - (d - sizes @ d / sizes.sum())
+    elif kind == "alphapruning":
+        s = _linear_map(values, sparsity, sizes, epsilon)
+    elif kind == "layerif":
+        from scipy.signal import savgol_filter
+        metric = _min_max(np.abs(values))
+        w = min(window, sizes.size - 1 if sizes.size % 2 == 0 else sizes.size)
+        if w > 3:
+            metric = savgol_filter(metric, w, 3)
+        s = _linear_map(metric, sparsity, sizes, epsilon)
+    else:
+        lower = 0.0 if band is None else max(0.0, sparsity - band)
+        top = upper if band is None else min(upper, sparsity + band)
+        s = mdl.prune(np.clip(values, 0, None), sparsity, sizes=sizes, lower=lower, upper=top, penalty=penalty).x
+    if reverse:
+        s = 2 * sparsity - s
+    if np.any(s < 0) or np.any(s > upper):
+        raise ValueError(f"the {kind!r} map at sparsity {sparsity:g} asks for per-layer sparsity in "
+                         f"[{s.min():.3f}, {s.max():.3f}], outside [0, {upper}]: lower epsilon / lam / band")
+    return s
+
+
+# ----------------------------------------------------------------------------- masks on one matrix
+
+def _lowest(metric: torch.Tensor, count: int, dim=None) -> torch.Tensor:
+    """Boolean mask of the `count` smallest entries (per row when dim=1): exactly `count` each."""
+    mask = torch.zeros_like(metric, dtype=torch.bool)
+    if count <= 0:
+        return mask
+    if dim is None:
+        mask.view(-1)[torch.argsort(metric.reshape(-1))[:count]] = True
+    else:
+        mask.scatter_(1, torch.argsort(metric, dim=1)[:, :count], True)
+    return mask
+
+
+def _n_m(metric: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Within each group of m consecutive inputs of a row, the n smallest."""
+    rows, cols = metric.shape
+    if cols % m:
+        raise ValueError(f"N:M sparsity needs the input dimension ({cols}) to be a multiple of M = {m}")
+    groups = metric.reshape(rows, cols // m, m)
+    mask = torch.zeros_like(groups, dtype=torch.bool)
+    mask.scatter_(2, torch.topk(groups, n, dim=2, largest=False).indices, True)
+    return mask.reshape(rows, cols)
+
+
+def magnitude_mask(weight: torch.Tensor, sparsity: float, n_m=None) -> torch.Tensor:
+    """True where pruned: the floor(s * numel) smallest |W_ij| of the whole matrix (or N:M per row)."""
+    metric = weight.detach().float().abs()
+    return _n_m(metric, *n_m) if n_m else _lowest(metric, int(sparsity * metric.numel()))
+
+
+def wanda_mask(weight: torch.Tensor, input_norm: torch.Tensor, sparsity: float, n_m=None) -> torch.Tensor:
+    """True where pruned: per output row, the floor(s * d_in) smallest |W_ij| ||X_j||_2."""
+    metric = weight.detach().float().abs() * input_norm.float()[None, :]
+    return _n_m(metric, *n_m) if n_m else _lowest(metric, int(sparsity * metric.shape[1]), dim=1)
+
+
+def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n_m=None, block: int = 128,
+              damping: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """SparseGPT's OBS pruning of one (d_out, d_in) matrix with H = sum_t a_t a_t^T of its inputs.
+
+    Columns are visited left to right in lazy blocks; the mask of each block keeps the largest
+    w^2 / [H^-1]_jj^2 (exactly floor(s * block entries) pruned); each pruned column's error is
+    spread over the later columns, w -= (w_j / [H^-1]_jj) [H^-1]_j,: (upper Cholesky form).
+    Returns (updated weight, mask of pruned entries)."""
+    W = weight.detach().clone().float()
+    H = hessian.detach().clone().double()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damping * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
+    mask = torch.zeros_like(W, dtype=torch.bool)
+    for i1 in range(0, W.shape[1], block):
+        i2 = min(i1 + block, W.shape[1])
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        if n_m:       # N:M picks each group's mask from the weights as updated so far: column by column
+            err1, mask1 = _obs_columns(W1, Hinv1, n_m)
+        else:
+            score = W1 ** 2 / torch.diag(Hinv1)[None, :] ** 2
+            mask1 = _lowest(score, int(sparsity * score.numel()))
+            err1 = _obs_block(W1, Hinv1, mask1)
+            W1 = torch.where(mask1, torch.zeros_like(W1), W1 - err1 @ Hinv1)
+        W[:, i1:i2] = W1
+        W[:, i2:] -= err1 @ Hinv[i1:i2, i2:]
+        mask[:, i1:i2] = mask1
+    return W, mask
+
+
+def _obs_block(W1, U, mask1):
+    """The column-by-column OBS errors of one block at once. Visiting columns in order, pruned
+    column i gets err_i = w_i(current) / U_ii with w(current) = w - sum_{j<i} err_j U_j,: , kept ones
+    err_i = 0; so per row, err M = w~ with M = U whose kept columns are replaced by unit vectors and
+    w~ = w on pruned columns, 0 elsewhere: one batched triangular solve instead of a Python loop."""
+    eye = torch.eye(U.shape[0], dtype=U.dtype)
+    M = torch.where(mask1[:, None, :], U[None], eye[None])                  # (rows, b, b), upper
+    rhs = torch.where(mask1, W1, torch.zeros_like(W1))
+    return torch.linalg.solve_triangular(M.transpose(1, 2), rhs[:, :, None], upper=False)[:, :, 0]
+
+
+def _obs_columns(W1, U, n_m):
+    """SparseGPT's column loop with N:M masks chosen group by group (W1 is updated in place)."""
+    n, m = n_m
+    err1, mask1 = torch.zeros_like(W1), torch.zeros_like(W1, dtype=torch.bool)
+    for i in range(W1.shape[1]):
+        if i % m == 0:
+            score = W1[:, i:i + m] ** 2 / torch.diag(U)[i:i + m][None, :] ** 2
+            mask1[:, i:i + m] = _lowest(score, n, dim=1)
+        w = W1[:, i]
+        q = torch.where(mask1[:, i], torch.zeros_like(w), w)
+        err = (w - q) / U[i, i]
+        W1[:, i:] -= err[:, None] * U[i, i:][None, :]
+        W1[:, i] = q
+        err1[:, i] = err
+    return err1, mask1
+
+
+# ----------------------------------------------------------------------------- the model
+
+@dataclass(frozen=True)
+class PruneReport:
+    """What was asked and what the weights really hold after masking (zeros counted per layer)."""
+    method: str
+    target: np.ndarray         # requested sparsity per layer
+    achieved: np.ndarray       # fraction of zero weights per layer, counted after masking
+    sizes: np.ndarray
+
+    @property
+    def global_sparsity(self) -> float:
+        return float(self.sizes @ self.achieved / self.sizes.sum())
+
+
+class _Stop(Exception):
+    pass
+
+
+def _layer_inputs(model, blocks: Blocks, batch_size: int):
+    """(args, kwargs) of the first decoder block's call per batch: hidden states plus masks/positions."""
+    first = find_layers(model)[0].module
+    calls = []
+
+    def catch(module, args, kwargs):
+        calls.append((args, kwargs))
+        raise _Stop
+    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
+    device = next(model.parameters()).device
+    try:
+        for batch in blocks.batches(batch_size):
+            try:
+                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                      use_cache=False)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return calls
+
+
+def _hidden(args, kwargs):
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
+
+def _with_hidden(args, kwargs, h):
+    if "hidden_states" in kwargs:
+        return args, {**kwargs, "hidden_states": h}
+    return (h, *args[1:]), kwargs
+
+
+def _input_statistics(layer, calls, masks, need_hessian: bool):
+    """Per linear map of `layer`: sum_t a_t a_t^T (or only its diagonal) over unpadded tokens."""
+    stats, state = {}, {}
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            a = inputs[0].detach().reshape(-1, inputs[0].shape[-1])[state["mask"]].float()
+            stats[name] = stats.get(name, 0) + (a.T @ a if need_hessian else (a * a).sum(0))
+        return hook
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in layer.linears.items()]
+    try:
+        for (args, kwargs), mask in zip(calls, masks):
+            state["mask"] = mask
+            layer.module(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+@torch.no_grad()
+def _apply(model, blocks, per_layer, method, n_m, batch_size, progress):
+    found = find_layers(model)
+    calls, masks = [], []
+    if method != "magnitude":
+        calls = _layer_inputs(model, blocks, batch_size)
+        masks = [b["attention_mask"].reshape(-1).bool().to(next(model.parameters()).device)
+                 for b in blocks.batches(batch_size)]
+    achieved = np.zeros(len(found))
+    for layer in tqdm(found, desc=f"pruning ({method})", unit="layer", disable=not progress, leave=False):
+        s = float(per_layer[layer.index])
+        stats = _input_statistics(layer, calls, masks, method == "sparsegpt") if method != "magnitude" else {}
+        zeros = 0
+        for name, module in layer.linears.items():
+            w = weight_matrix(module)
+            if method == "magnitude":
+                w[magnitude_mask(w, s, n_m)] = 0
+            elif method == "wanda":
+                w[wanda_mask(w, stats[name].sqrt(), s, n_m)] = 0
+            else:
+                new, mask = sparsegpt(w, stats[name], s, n_m)
+                new[mask] = 0
+                w.copy_(new.to(w.dtype))
+            zeros += int((w == 0).sum())
+        achieved[layer.index] = zeros / layer.n_params
+        if calls:    # the next layer sees the outputs of this pruned one
+            calls = [_with_hidden(args, kwargs, _out(layer.module(*args, **kwargs))) for args, kwargs in calls]
+    return achieved
+
+
+def _out(output):
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextlib.contextmanager
+def pruned(model, sparsity, method: str = "wanda", blocks: Blocks | None = None, n_m=None, batch_size: int = 4,
+           progress: bool = True):
+    """Inside the block the model is pruned; on exit (or any error) every weight comes back bit-identical.
+
+    sparsity: one float or one value per layer (a `sparsity_map`). method: magnitude, wanda or
+    sparsegpt (the last two need calibration `blocks`). n_m: e.g. (2, 4) for 2:4 sparsity.
+    Yields a PruneReport with the zeros really counted per layer.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}: use one of {', '.join(METHODS)}")
+    if method != "magnitude" and blocks is None:
+        raise ValueError(f"{method} needs calibration blocks: pruned(model, s, {method!r}, blocks=load_task(...))")
+    found = find_layers(model)
+    per_layer = np.broadcast_to(np.asarray(sparsity, dtype=float), (len(found),)).copy()
+    if np.any(per_layer < 0) or np.any(per_layer >= 1):
+        raise ValueError(f"per-layer sparsity must lie in [0, 1), got {per_layer.min():g}..{per_layer.max():g}")
+    modules = [m for layer in found for m in layer.linears.values()]
+    saved = [m.weight.detach().clone() for m in modules]
+    try:
+        achieved = _apply(model, blocks, per_layer, method, n_m, batch_size, progress)
+        yield PruneReport(method=method, target=per_layer, achieved=achieved, sizes=layer_sizes(model))
+    finally:
+        with torch.no_grad():
+            for m, w in zip(modules, saved):
+                m.weight.copy_(w)
