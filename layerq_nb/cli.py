@@ -16,6 +16,7 @@ EPILOG = """examples:
   layerq demo --blocks 16 --tasks prose code
   layerq score --task arithmetic --curvature ekfac --out scores.json
   torchrun --nproc_per_node=2 -m layerq_nb.cli score --task prose    same scores, blocks sharded
+  layerq prune --sparsity 0.5 --map mdl-zeta2 --method wanda     per-layer table, perplexity, JSON
   layerq doctor                        versions of the stack, the device, where the model comes from
 """
 
@@ -128,6 +129,40 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_prune(args) -> int:
+    import json
+
+    import numpy as np
+
+    from .data import load_task
+    from .evaluate import perplexity
+    from .models import layers, load_model
+    from .pruning import map_functions, pruned
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    calibration = load_task(args.task, tokenizer, split="train", n_blocks=args.blocks, block_size=args.block_size)
+    validation = load_task(args.task, tokenizer, split="validation", n_blocks=max(2, args.blocks // 2),
+                           block_size=args.block_size)
+    evaluation = load_task(args.task, tokenizer, split="test", n_blocks=args.eval_blocks, block_size=args.block_size)
+    per_layer = map_functions(model, calibration, validation, [args.map], band=args.band)[args.map](args.sparsity)
+    dense = perplexity(model, evaluation, args.batch_size, progress=False)
+    with pruned(model, per_layer, args.method, blocks=calibration, batch_size=args.batch_size) as report:
+        ppl = perplexity(model, evaluation, args.batch_size, progress=False)
+    print(f"{'layer':<18}{'target':>8}{'zeros':>8}")
+    for layer, target, got in zip(layers(model), report.target, report.achieved):
+        print(f"{layer.name:<18}{target:>8.3f}{got:>8.3f}")
+    print(f"global sparsity {report.global_sparsity:.4f} (asked {args.sparsity}); {args.task} test perplexity "
+          f"dense {dense:.2f} -> {args.method} + {args.map} {ppl:.2f}  ({args.eval_blocks} blocks x {args.block_size})")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(dict(model=args.model, task=args.task, method=args.method, map=args.map,
+                           sparsity=args.sparsity, achieved=report.global_sparsity, dense_perplexity=dense,
+                           perplexity=ppl, target=report.target.tolist(), per_layer=np.round(report.achieved, 6).tolist(),
+                           layers=[layer.name for layer in layers(model)]), f, indent=1)
+        print(f"wrote {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerq", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -166,6 +201,24 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     sc.add_argument("--out", default=None, help="write the LayerScores as JSON here")
     sc.set_defaults(func=cmd_score)
+
+    pr = sub.add_parser("prune", help="prune with a per-layer sparsity map and report perplexity",
+                        description="Prune every linear map of every decoder layer with a per-layer sparsity "
+                                    "map, report the zeros per layer and the held-out perplexity, restore the model.")
+    pr.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    pr.add_argument("--task", default="prose", help="calibration and evaluation task (default: %(default)s)")
+    pr.add_argument("--sparsity", type=float, default=0.5, help="global fraction of zeros (default: %(default)s)")
+    pr.add_argument("--map", default="mdl-zeta2", help="uniform, owl, alphapruning, layerif, mdl-zeta2, mdl-layerif, "
+                                                        "or any of them + '-reverse' (default: %(default)s)")
+    pr.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
+    pr.add_argument("--band", type=float, default=0.1, help="MDL maps keep s_k within S -/+ band (default: %(default)s)")
+    pr.add_argument("--blocks", type=int, default=8, help="calibration blocks (default: %(default)s)")
+    pr.add_argument("--eval-blocks", type=int, default=16, help="test blocks for perplexity (default: %(default)s)")
+    pr.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
+    pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    pr.add_argument("--out", default=None, help="write the result as JSON here")
+    pr.set_defaults(func=cmd_prune)
 
     doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
     doctor.set_defaults(func=cmd_doctor)

@@ -31,8 +31,8 @@ from .models import layers as find_layers
 from .models import weight_matrix
 from .scores import LayerScores
 
-__all__ = ["MAPS", "METHODS", "sparsity_map", "magnitude_mask", "wanda_mask", "sparsegpt", "pruned",
-           "PruneReport", "layer_sizes"]
+__all__ = ["MAPS", "METHODS", "SPECS", "sparsity_map", "magnitude_mask", "wanda_mask", "sparsegpt", "pruned",
+           "PruneReport", "layer_sizes", "map_functions", "prune_sweep", "plot_sweep"]
 
 MAPS = ("uniform", "owl", "alphapruning", "layerif", "mdl")
 METHODS = ("magnitude", "wanda", "sparsegpt")
@@ -332,3 +332,80 @@ def pruned(model, sparsity, method: str = "wanda", blocks: Blocks | None = None,
         with torch.no_grad():
             for m, w in zip(modules, saved):
                 m.weight.copy_(w)
+
+
+# ----------------------------------------------------------------------------- maps from a model, sweeps
+
+SPECS = ("uniform", "owl", "alphapruning", "layerif", "mdl-zeta2", "mdl-layerif")
+
+
+def map_functions(model, calibration: Blocks, validation: Blocks | None = None, specs=SPECS, band: float | None = 0.1,
+                  epsilon: float = 0.3, lam: float = 0.08, progress: bool = True) -> dict:
+    """name -> (sparsity -> per-layer sparsity) for each spec, computing only the scores they need:
+    OWL's outlier ratio and zeta^2 (K-FAC) on `calibration`, AlphaPruning's alpha from the weights,
+    LayerIF (K-FAC, positive aggregation) of `calibration` on `validation`. A spec ending in
+    "-reverse" mirrors its map."""
+    from . import baselines
+    from .influence import layer_influence
+    from .scoring import score
+    sizes, scores = layer_sizes(model), {}
+    bases = {spec.removesuffix("-reverse") for spec in specs}
+    unknown = bases - set(SPECS)
+    if unknown:
+        raise ValueError(f"unknown map {sorted(unknown)[0]!r}: use one of {', '.join(SPECS)} (or <map>-reverse)")
+    if "owl" in bases:
+        scores["owl"] = baselines.outlier_ratio(model, calibration)
+    if "alphapruning" in bases:
+        scores["alphapruning"] = baselines.heavy_tail_alpha(model)
+    if "mdl-zeta2" in bases:
+        scores["mdl-zeta2"] = score(model, calibration, curvature="kfac", progress=progress)
+    if bases & {"layerif", "mdl-layerif"}:
+        if validation is None:
+            raise ValueError("LayerIF maps need validation blocks: map_functions(model, calibration, validation)")
+        scores["layerif"] = scores["mdl-layerif"] = layer_influence(model, calibration, validation,
+                                                                    progress=progress).scores("positive")
+
+    def make(spec):
+        base = spec.removesuffix("-reverse")
+        kind = base.split("-")[0]
+        return lambda s: sparsity_map(kind, s, sizes, scores.get(base), epsilon=epsilon, lam=lam, band=band,
+                                      reverse=spec.endswith("-reverse"))
+    return {spec: make(spec) for spec in specs}
+
+
+def prune_sweep(model, calibration: Blocks, evaluation: Blocks, maps: dict, methods=METHODS,
+                sparsities=(0.5, 0.6, 0.7), batch_size: int = 4, progress: bool = True) -> list[dict]:
+    """Held-out perplexity for every method x map x sparsity (plus the dense model), as plain rows."""
+    from .evaluate import perplexity
+    rows = [dict(method="dense", map="-", sparsity=0.0, achieved=0.0,
+                 perplexity=perplexity(model, evaluation, batch_size, progress=False))]
+    combos = [(m, name, s) for m in methods for name in maps for s in sparsities]
+    for method, name, s in tqdm(combos, desc="prune sweep", unit="run", disable=not progress):
+        per_layer = maps[name](s)
+        with pruned(model, per_layer, method, blocks=calibration, batch_size=batch_size, progress=False) as report:
+            ppl = perplexity(model, evaluation, batch_size, progress=False)
+        rows.append(dict(method=method, map=name, sparsity=s, achieved=report.global_sparsity, perplexity=ppl,
+                         per_layer=per_layer.tolist()))
+    return rows
+
+
+def plot_sweep(rows: list[dict], axes=None):
+    """Perplexity against sparsity, one panel per method, one line per map (log scale)."""
+    import matplotlib.pyplot as plt
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "dense"]
+    if axes is None:
+        _, axes = plt.subplots(1, len(methods), figsize=(4 * len(methods), 3), squeeze=False)
+        axes = axes[0]
+    dense = next((r["perplexity"] for r in rows if r["method"] == "dense"), None)
+    for ax, method in zip(axes, methods):
+        for name in dict.fromkeys(r["map"] for r in rows if r["method"] == method):
+            pts = sorted((r["sparsity"], r["perplexity"]) for r in rows if r["method"] == method and r["map"] == name)
+            ax.plot(*zip(*pts), marker="o", label=name)
+        if dense:
+            ax.axhline(dense, color="grey", ls=":", label="dense")
+        ax.set_yscale("log")
+        ax.set_title(method)
+        ax.set_xlabel("global sparsity")
+    axes[0].set_ylabel("held-out perplexity")
+    axes[-1].legend(fontsize=7)
+    return axes

@@ -41,3 +41,20 @@ def test_demo_on_the_real_model(capsys, real):
     for task in ("prose", "code", "arithmetic"):
         assert f"  {task}" in out
     assert "answer" in out
+
+
+@pytest.mark.real_model
+def test_prune_on_the_real_model(capsys, real, tmp_path):
+    import json
+    out_file = tmp_path / "prune.json"
+    assert main(["prune", "--map", "owl", "--method", "magnitude", "--sparsity", "0.3", "--blocks", "2",
+                 "--eval-blocks", "1", "--block-size", "64", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "model.layers.29" in out and "global sparsity 0.3000" in out
+    result = json.loads(out_file.read_text())
+    assert result["perplexity"] > result["dense_perplexity"] > 1 and len(result["per_layer"]) == 30
+
+
+def test_prune_rejects_an_unknown_map(capsys, real):
+    assert main(["prune", "--map", "random", "--blocks", "1", "--eval-blocks", "1", "--block-size", "32"]) == 2
+    assert "unknown map 'random'" in capsys.readouterr().err

@@ -1,0 +1,261 @@
+"""Capacity allocation from layer scores: LoRA ranks per layer (through peft's `rank_pattern`) and
+LoRA-MoE expert counts per layer, plus a short, seeded fine-tuning loop (DESIGN.md section 7).
+
+Ranks: MDL program A (seed 003), max sum_k q_k log(1 + r_k / beta) s.t. sum_k c_k r_k = budget, with
+c_k = sum over layer k's target modules of (d_in + d_out), the LoRA parameters one rank unit costs,
+integer ranks >= `min_rank` (greedy by marginal gain per cost; see `mdl.allocate`).
+LoRA-MoE (MoLA / LayerIF style): E_k LoRA experts on each target module of layer k, a softmax
+router with top-k (k = 2 where E_k > 1), output W0 x + sum_{j in topk} p_j(x)/sum p * (alpha/r) B_j A_j x,
+and the Switch/ST-MoE load-balancing loss E * sum_e f_e P_e (f_e: share of routed slots, P_e: mean
+router probability), which is 1 under uniform routing and larger when routing is unbalanced.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import mdl
+from .data import Blocks
+from .models import layers as find_layers
+from .models import weight_matrix
+from .scores import LayerScores
+
+__all__ = ["RankAllocation", "lora_rank_pattern", "lora_config", "expert_counts", "LoRAMoELinear",
+           "LoRAMoE", "apply_lora_moe", "finetune", "FinetuneResult", "DEFAULT_TARGETS"]
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _targets(model, target_modules):
+    """{layer index: {full module name: module}} for the linear maps whose name ends with a target."""
+    out = {}
+    for layer in find_layers(model):
+        chosen = {f"{layer.name}.{n}": m for n, m in layer.linears.items() if n.split(".")[-1] in target_modules}
+        if not chosen:
+            raise ValueError(f"no module of {layer.name} matches target_modules {list(target_modules)}; "
+                             f"it has {list(layer.linears)}")
+        out[layer.index] = chosen
+    return out
+
+
+@dataclass(frozen=True)
+class RankAllocation:
+    """Integer LoRA ranks per layer and what they cost: parameters = sum_k ranks_k * cost_k."""
+    ranks: np.ndarray
+    cost: np.ndarray                  # LoRA parameters per rank unit in each layer
+    modules: dict                     # layer index -> list of full module names
+    scores: str
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def parameters(self) -> int:
+        return int(self.ranks @ self.cost)
+
+
+def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modules=DEFAULT_TARGETS,
+                      beta: float = 1.0, min_rank: int = 1) -> RankAllocation:
+    """Integer ranks per layer with sum_k c_k r_k <= budget (LoRA parameters). scores: a LayerScores
+    (program A over its q) or "uniform" (the same rank everywhere, as large as the budget allows)."""
+    targets = _targets(model, target_modules)
+    cost = np.array([sum(sum(weight_matrix(m).shape) for m in mods.values()) for mods in targets.values()], float)
+    floor = min_rank * cost.sum()
+    if budget < floor:
+        raise ValueError(f"budget {budget} LoRA parameters is below the minimum {int(floor)} (rank {min_rank} "
+                         "in every layer): raise the budget or lower min_rank")
+    if isinstance(scores, str):
+        if scores != "uniform":
+            raise ValueError(f"scores must be a LayerScores or 'uniform', got {scores!r}")
+        ranks, label = np.full(cost.size, int(budget // cost.sum())), "uniform"
+    else:
+        if len(scores) != cost.size:
+            raise ValueError(f"{len(scores)} scores for {cost.size} layers: score the same model")
+        sol = mdl.allocate(scores.q, budget, cost=cost, beta=beta, lower=min_rank, integer=True)
+        ranks, label = np.round(sol.x).astype(int), scores.method
+    return RankAllocation(ranks=ranks.astype(int), cost=cost, modules={k: list(v) for k, v in targets.items()},
+                          scores=label, metadata=dict(budget=budget, beta=beta, min_rank=min_rank))
+
+
+def lora_config(allocation: RankAllocation, alpha_ratio: float = 2.0, dropout: float = 0.05, **kwargs):
+    """A peft LoraConfig that applies the allocation: rank_pattern and alpha_pattern per module
+    (alpha = alpha_ratio * rank, so every layer keeps the same scaling alpha / r)."""
+    from peft import LoraConfig
+    names = [n for mods in allocation.modules.values() for n in mods]
+    rank_of = {n: int(allocation.ranks[k]) for k, mods in allocation.modules.items() for n in mods}
+    pattern = {re.escape(n): r for n, r in rank_of.items()}
+    return LoraConfig(r=int(np.max(allocation.ranks)), lora_alpha=alpha_ratio * int(np.max(allocation.ranks)),
+                      target_modules=names,
+                      rank_pattern=pattern, alpha_pattern={k: alpha_ratio * r for k, r in pattern.items()},
+                      lora_dropout=dropout, bias="none", task_type="CAUSAL_LM", **kwargs)
+
+
+# ----------------------------------------------------------------------------- LoRA-MoE
+
+def expert_counts(total: int, n_layers: int, pattern: str | LayerScores = "uniform", beta: float = 1.0) -> np.ndarray:
+    """Experts per layer summing to `total`, at least one each.
+
+    pattern: "uniform"; "mola" (four depth groups in the ratio 2:4:6:8, MoLA's "higher layers need more
+    experts"; 32 layers and 160 experts give exactly 2-4-6-8 x 8); or a LayerScores, allocated by program A (integer, lower bound 1, unit costs)."""
+    if total < n_layers:
+        raise ValueError(f"{total} experts cannot give each of {n_layers} layers one")
+    if isinstance(pattern, LayerScores):
+        sol = mdl.allocate(pattern.q, total, beta=beta, lower=1, integer=True)
+        return np.round(sol.x).astype(int)
+    if pattern == "uniform":
+        weights = np.ones(n_layers)
+    elif pattern == "mola":
+        weights = np.array([2 + 2 * min(3, 4 * k // n_layers) for k in range(n_layers)], float)
+    else:
+        raise ValueError(f"pattern must be 'uniform', 'mola' or a LayerScores, got {pattern!r}")
+    share = weights / weights.sum() * total                     # a floor of one, then largest remainder
+    counts = np.maximum(1, np.floor(share).astype(int))
+    while counts.sum() != total:
+        residual = share - counts
+        if counts.sum() < total:
+            counts[np.argmax(residual)] += 1
+        else:                                                   # the floor of one overspent
+            counts[np.argmin(np.where(counts > 1, residual, np.inf))] -= 1
+    return counts
+
+
+class LoRAMoELinear(nn.Module):
+    """A frozen linear map plus `experts` LoRA experts mixed by a top-k softmax router."""
+
+    def __init__(self, base: nn.Linear, experts: int, rank: int = 8, alpha: float = 16.0, top_k: int = 2):
+        super().__init__()
+        self.base, self.experts, self.rank = base, int(experts), int(rank)
+        self.top_k = min(int(top_k), self.experts) if self.experts > 1 else 1
+        self.scaling = alpha / rank
+        d_out, d_in = base.weight.shape
+        ref = base.weight
+        self.lora_A = nn.Parameter(torch.empty(self.experts, rank, d_in, dtype=ref.dtype, device=ref.device))
+        self.lora_B = nn.Parameter(torch.zeros(self.experts, d_out, rank, dtype=ref.dtype, device=ref.device))
+        for a in self.lora_A:                   # as peft: Kaiming-uniform A, zero B (the adapter starts at 0)
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))
+        self.router = nn.Linear(d_in, self.experts, bias=False, dtype=ref.dtype, device=ref.device) if self.experts > 1 else None
+        self.aux_loss = torch.zeros(())
+
+    def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights over experts, zero outside each token's top-k and renormalised; router probabilities)."""
+        if self.router is None:
+            ones = torch.ones(*x.shape[:-1], 1, dtype=x.dtype, device=x.device)
+            return ones, ones
+        probs = torch.softmax(self.router(x).float(), dim=-1)
+        top, idx = probs.topk(self.top_k, dim=-1)
+        weights = torch.zeros_like(probs).scatter(-1, idx, top / top.sum(-1, keepdim=True))
+        return weights.to(x.dtype), probs
+
+    def forward(self, x):
+        weights, probs = self.routing(x)
+        if self.router is not None:
+            routed = (weights > 0).float().reshape(-1, self.experts).mean(0) / self.top_k     # f_e, sums to 1
+            self.aux_loss = self.experts * (routed * probs.reshape(-1, self.experts).mean(0)).sum()
+        low = torch.einsum("...i,eri->...er", x, self.lora_A)                  # (..., E, r)
+        up = torch.einsum("...er,eor->...eo", low, self.lora_B)               # (..., E, d_out)
+        return self.base(x) + self.scaling * (weights.unsqueeze(-1) * up).sum(-2)
+
+
+@dataclass
+class LoRAMoE:
+    """Handle on the wrapped modules: their aux loss, trainable parameter count, and `remove`."""
+    model: nn.Module
+    wrapped: dict                          # full name -> (parent, attribute, LoRAMoELinear)
+    experts: np.ndarray
+    frozen: list                           # (parameter, its requires_grad before)
+
+    def aux_loss(self) -> torch.Tensor:
+        losses = [m.aux_loss for _, _, m in self.wrapped.values() if m.router is not None]
+        return torch.stack(losses).mean() if losses else torch.zeros(())
+
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for _, _, m in self.wrapped.values() for n, p in m.named_parameters()
+                   if not n.startswith("base."))
+
+    def remove(self):
+        """Put the original linear maps back and restore every requires_grad flag: the base model is
+        exactly as before `apply_lora_moe`."""
+        for parent, attr, module in self.wrapped.values():
+            setattr(parent, attr, module.base)
+        for p, flag in self.frozen:
+            p.requires_grad_(flag)
+        self.wrapped = {}
+
+
+def apply_lora_moe(model, experts_per_layer, rank: int = 8, alpha: float = 16.0, top_k: int = 2,
+                   target_modules=("q_proj", "v_proj")) -> LoRAMoE:
+    """Wrap layer k's target modules with experts_per_layer[k] LoRA experts; freeze everything else."""
+    targets = _targets(model, target_modules)
+    experts = np.asarray(experts_per_layer, dtype=int)
+    if experts.shape != (len(targets),) or np.any(experts < 1):
+        raise ValueError(f"need one expert count >= 1 per layer ({len(targets)}), got {experts.tolist()}")
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    wrapped = {}
+    for k, mods in targets.items():
+        for name, module in mods.items():
+            if not isinstance(module, nn.Linear):
+                raise ValueError(f"{name} is a {type(module).__name__}: LoRA-MoE wraps nn.Linear only")
+            parent_name, attr = name.rsplit(".", 1)
+            parent = model.get_submodule(parent_name)
+            moe = LoRAMoELinear(module, int(experts[k]), rank, alpha, top_k)
+            setattr(parent, attr, moe)
+            wrapped[name] = (parent, attr, moe)
+    return LoRAMoE(model=model, wrapped=wrapped, experts=experts, frozen=frozen)
+
+
+# ----------------------------------------------------------------------------- fine-tuning
+
+@dataclass(frozen=True)
+class FinetuneResult:
+    train_losses: list
+    val_loss_before: float
+    val_loss_after: float
+    trainable: int
+    seconds: float
+
+
+def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: float = 3e-4, seed: int = 0,
+             batch_size: int = 4, clip: float = 1.0, aux: LoRAMoE | None = None, aux_weight: float = 0.01,
+             progress: bool = True) -> FinetuneResult:
+    """AdamW on the parameters that require grad (the adapters), batches drawn with `seed`, gradient
+    clipping, bf16 autocast on GPU; validation loss before and after. `aux`: a LoRAMoE whose
+    load-balancing loss is added with `aux_weight`."""
+    import time
+
+    from .evaluate import mean_loss
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("no trainable parameters: apply peft (get_peft_model) or apply_lora_moe first")
+    device = next(model.parameters()).device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    before = mean_loss(model, validation, batch_size, progress=False)
+    start, losses = time.perf_counter(), []
+    model.train()
+    try:
+        for _ in tqdm(range(steps), desc="fine-tuning", unit="step", disable=not progress, leave=False):
+            idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()
+            batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100)
+            total = loss + aux_weight * aux.aux_loss() if aux is not None else loss
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(params, clip)
+            opt.step()
+            losses.append(loss.detach().item())
+    finally:
+        model.eval()
+    after = mean_loss(model, validation, batch_size, progress=False)
+    return FinetuneResult(train_losses=losses, val_loss_before=before, val_loss_after=after,
+                          trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
