@@ -28,6 +28,7 @@ def main():
     parser.add_argument("--block-size", type=int, default=256)
     parser.add_argument("--shapley-budget", type=int, default=600)
     parser.add_argument("--shapley-tokens", type=int, default=128)
+    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out, e.g. zeta2_ekfac")
     args = parser.parse_args()
     model, tok = load_model("smollm2-135m")
     out = Path(__file__).parent / "results"
@@ -39,6 +40,8 @@ def main():
         timings, results = {}, {}
 
         def timed(name, fn):
+            if name in args.skip:
+                return
             start = time.perf_counter()
             results[name] = fn()
             timings[name] = time.perf_counter() - start

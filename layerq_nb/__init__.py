@@ -19,6 +19,11 @@ _LAZY = {
     "perplexity": "evaluate", "mean_loss": "evaluate",
     # scoring
     "score": "scoring", "newton_step": "scoring", "layer_gradients": "scoring", "LayerScores": "scores",
+    # layer quality
+    "layer_influence": "influence", "layer_shapley": "ablation", "cornerstone": "ablation", "skipped": "ablation",
+    # applications
+    "pruned": "pruning", "sparsity_map": "pruning", "lora_rank_pattern": "adapt", "apply_lora_moe": "adapt",
+    "finetune": "adapt",
 }
 
 __all__ = [
@@ -26,6 +31,8 @@ __all__ = [
     "load_model", "layers", "Layer", "load_task", "Blocks",  # models and tasks (torch, lazy)
     "perplexity", "mean_loss",                               # evaluation (torch, lazy)
     "score", "newton_step", "layer_gradients", "LayerScores", # scoring (torch, lazy; LayerScores numpy)
+    "layer_influence", "layer_shapley", "cornerstone", "skipped",  # layer quality (torch, lazy)
+    "pruned", "sparsity_map", "lora_rank_pattern", "apply_lora_moe", "finetune",  # applications
 ]
 
 

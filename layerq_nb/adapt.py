@@ -27,7 +27,7 @@ from .models import layers as find_layers
 from .models import weight_matrix
 from .scores import LayerScores
 
-__all__ = ["RankAllocation", "lora_rank_pattern", "lora_config", "expert_counts", "LoRAMoELinear",
+__all__ = ["RankAllocation", "rank_costs", "lora_rank_pattern", "lora_config", "expert_counts", "LoRAMoELinear",
            "LoRAMoE", "apply_lora_moe", "finetune", "FinetuneResult", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -59,12 +59,18 @@ class RankAllocation:
         return int(self.ranks @ self.cost)
 
 
+def rank_costs(model, target_modules=DEFAULT_TARGETS) -> np.ndarray:
+    """LoRA parameters one rank unit costs in each layer: sum over its target modules of d_in + d_out."""
+    return np.array([sum(sum(weight_matrix(m).shape) for m in mods.values())
+                     for mods in _targets(model, target_modules).values()], float)
+
+
 def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modules=DEFAULT_TARGETS,
                       beta: float = 1.0, min_rank: int = 1) -> RankAllocation:
     """Integer ranks per layer with sum_k c_k r_k <= budget (LoRA parameters). scores: a LayerScores
     (program A over its q) or "uniform" (the same rank everywhere, as large as the budget allows)."""
     targets = _targets(model, target_modules)
-    cost = np.array([sum(sum(weight_matrix(m).shape) for m in mods.values()) for mods in targets.values()], float)
+    cost = rank_costs(model, target_modules)
     floor = min_rank * cost.sum()
     if budget < floor:
         raise ValueError(f"budget {budget} LoRA parameters is below the minimum {int(floor)} (rank {min_rank} "

@@ -17,6 +17,7 @@ EPILOG = """examples:
   layerq score --task arithmetic --curvature ekfac --out scores.json
   torchrun --nproc_per_node=2 -m layerq_nb.cli score --task prose    same scores, blocks sharded
   layerq prune --sparsity 0.5 --map mdl-zeta2 --method wanda     per-layer table, perplexity, JSON
+  layerq allocate --task arithmetic --rank 2 --train   LoRA ranks: uniform vs MDL(zeta^2), short fine-tuning
   layerq doctor                        versions of the stack, the device, where the model comes from
 """
 
@@ -163,6 +164,38 @@ def cmd_prune(args) -> int:
     return 0
 
 
+def cmd_allocate(args) -> int:
+    from .adapt import finetune, lora_config, lora_rank_pattern, rank_costs
+    from .data import load_task
+    from .influence import layer_influence
+    from .models import load_model
+    from .scoring import score
+
+    model, tokenizer = load_model(args.model, device=args.device)
+    train = load_task(args.task, tokenizer, split="train", n_blocks=args.blocks, block_size=args.block_size)
+    val = load_task(args.task, tokenizer, split="validation", n_blocks=max(2, args.blocks // 2),
+                    block_size=args.block_size)
+    if args.scores == "zeta2":
+        scores = score(model, train, curvature="kfac")
+    else:
+        scores = layer_influence(model, train, val).scores("positive")
+    budget = args.budget or int(args.rank * rank_costs(model).sum())
+    allocations = {"uniform": lora_rank_pattern(model, "uniform", budget),
+                   f"mdl-{args.scores}": lora_rank_pattern(model, scores, budget, beta=args.beta)}
+    print(f"budget {budget:,} LoRA parameters over {len(scores)} layers (q: {scores.method} on {args.task})")
+    for name, alloc in allocations.items():
+        print(f"{name:>14}  {alloc.parameters:>10,}  ranks {' '.join(map(str, alloc.ranks))}")
+    if args.train:
+        from peft import get_peft_model
+        for name, alloc in allocations.items():
+            peft_model = get_peft_model(model, lora_config(alloc))
+            res = finetune(peft_model, train, val, steps=args.steps, lr=args.lr, seed=args.seed)
+            model = peft_model.unload()
+            print(f"{name:>14}  validation loss {res.val_loss_before:.4f} -> {res.val_loss_after:.4f} "
+                  f"after {args.steps} steps ({res.seconds:.0f} s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerq", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -219,6 +252,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     pr.add_argument("--out", default=None, help="write the result as JSON here")
     pr.set_defaults(func=cmd_prune)
+
+    al = sub.add_parser("allocate", help="LoRA ranks per layer from layer scores (MDL program A)",
+                        description="Allocate LoRA ranks per layer at a parameter budget from zeta^2 or LayerIF "
+                                    "scores; with --train, fine-tune uniform and MDL ranks briefly and compare.")
+    al.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    al.add_argument("--task", default="arithmetic", help="task to score and train on (default: %(default)s)")
+    al.add_argument("--scores", default="zeta2", choices=["zeta2", "layerif"])
+    al.add_argument("--rank", type=int, default=2, help="budget = this uniform rank's parameters (default: %(default)s)")
+    al.add_argument("--budget", type=int, default=None, help="LoRA parameter budget (overrides --rank)")
+    al.add_argument("--beta", type=float, default=1.0, help="program A's beta (default: %(default)s)")
+    al.add_argument("--blocks", type=int, default=8, help="training blocks (default: %(default)s)")
+    al.add_argument("--block-size", type=int, default=128, help="tokens per block (default: %(default)s)")
+    al.add_argument("--train", action="store_true", help="fine-tune both allocations and compare")
+    al.add_argument("--steps", type=int, default=20)
+    al.add_argument("--lr", type=float, default=1e-3)
+    al.add_argument("--seed", type=int, default=0)
+    al.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    al.set_defaults(func=cmd_allocate)
 
     doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
     doctor.set_defaults(func=cmd_doctor)

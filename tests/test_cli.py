@@ -58,3 +58,10 @@ def test_prune_on_the_real_model(capsys, real, tmp_path):
 def test_prune_rejects_an_unknown_map(capsys, real):
     assert main(["prune", "--map", "random", "--blocks", "1", "--eval-blocks", "1", "--block-size", "32"]) == 2
     assert "unknown map 'random'" in capsys.readouterr().err
+
+
+def test_allocate_on_the_tiny_model(capsys):
+    assert main(["allocate", "--model", "tiny-llama", "--blocks", "2", "--block-size", "32", "--rank", "2",
+                 "--train", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "budget 3,072 LoRA parameters over 3 layers" in out and out.count("validation loss") == 2
