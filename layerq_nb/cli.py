@@ -130,6 +130,17 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _model_train_validation(args):
+    """The model, `args.blocks` training blocks and half as many (at least 2) validation blocks of the task."""
+    from .data import load_task
+    from .models import load_model
+    model, tokenizer = load_model(args.model, device=args.device)
+    train = load_task(args.task, tokenizer, split="train", n_blocks=args.blocks, block_size=args.block_size)
+    validation = load_task(args.task, tokenizer, split="validation", n_blocks=max(2, args.blocks // 2),
+                           block_size=args.block_size)
+    return model, tokenizer, train, validation
+
+
 def cmd_prune(args) -> int:
     import json
 
@@ -137,13 +148,10 @@ def cmd_prune(args) -> int:
 
     from .data import load_task
     from .evaluate import perplexity
-    from .models import layers, load_model
+    from .models import layers
     from .pruning import map_functions, pruned
 
-    model, tokenizer = load_model(args.model, device=args.device)
-    calibration = load_task(args.task, tokenizer, split="train", n_blocks=args.blocks, block_size=args.block_size)
-    validation = load_task(args.task, tokenizer, split="validation", n_blocks=max(2, args.blocks // 2),
-                           block_size=args.block_size)
+    model, tokenizer, calibration, validation = _model_train_validation(args)
     evaluation = load_task(args.task, tokenizer, split="test", n_blocks=args.eval_blocks, block_size=args.block_size)
     per_layer = map_functions(model, calibration, validation, [args.map], band=args.band)[args.map](args.sparsity)
     dense = perplexity(model, evaluation, args.batch_size, progress=False)
@@ -166,15 +174,10 @@ def cmd_prune(args) -> int:
 
 def cmd_allocate(args) -> int:
     from .adapt import finetune, lora_config, lora_rank_pattern, rank_costs
-    from .data import load_task
     from .influence import layer_influence
-    from .models import load_model
     from .scoring import score
 
-    model, tokenizer = load_model(args.model, device=args.device)
-    train = load_task(args.task, tokenizer, split="train", n_blocks=args.blocks, block_size=args.block_size)
-    val = load_task(args.task, tokenizer, split="validation", n_blocks=max(2, args.blocks // 2),
-                    block_size=args.block_size)
+    model, _, train, val = _model_train_validation(args)
     if args.scores == "zeta2":
         scores = score(model, train, curvature="kfac")
     else:
@@ -196,6 +199,11 @@ def cmd_allocate(args) -> int:
     return 0
 
 
+def _add_model_and_device(parser):
+    parser.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="layerq", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
@@ -205,12 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="load the default real model and report perplexity per task",
                           description="Load a real pretrained model and report its facts, held-out "
                                       "perplexity on each task, and one generated answer.")
-    demo.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    _add_model_and_device(demo)
     demo.add_argument("--tasks", nargs="+", default=["prose", "code", "arithmetic"], help="tasks to evaluate")
     demo.add_argument("--blocks", type=int, default=16, help="test blocks per task (default: %(default)s)")
     demo.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
     demo.add_argument("--batch-size", type=int, default=4, help="blocks per forward pass (default: %(default)s)")
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     demo.add_argument("--question", default="What is 12 + 35?", help="question for the generated answer")
     demo.set_defaults(func=cmd_demo)
 
@@ -218,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Score every layer of a model on a task. Under torchrun "
                                     "(torchrun --nproc_per_node=2 -m layerq_nb.cli score ...) the blocks are "
                                     "sharded across processes and the statistics summed.")
-    sc.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    _add_model_and_device(sc)
     sc.add_argument("--task", default="prose", help="prose, code, arithmetic or hf:<dataset> (default: %(default)s)")
     sc.add_argument("--split", default="train", help="train, validation or test (default: %(default)s)")
     sc.add_argument("--blocks", type=int, default=8, help="blocks to score on (default: %(default)s)")
@@ -231,14 +238,13 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--granularity", default="block", choices=["block", "module"])
     sc.add_argument("--batch-size", type=int, default=4, help="blocks per pass (default: %(default)s)")
     sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     sc.add_argument("--out", default=None, help="write the LayerScores as JSON here")
     sc.set_defaults(func=cmd_score)
 
     pr = sub.add_parser("prune", help="prune with a per-layer sparsity map and report perplexity",
                         description="Prune every linear map of every decoder layer with a per-layer sparsity "
                                     "map, report the zeros per layer and the held-out perplexity, restore the model.")
-    pr.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    _add_model_and_device(pr)
     pr.add_argument("--task", default="prose", help="calibration and evaluation task (default: %(default)s)")
     pr.add_argument("--sparsity", type=float, default=0.5, help="global fraction of zeros (default: %(default)s)")
     pr.add_argument("--map", default="mdl-zeta2", help="uniform, owl, alphapruning, layerif, mdl-zeta2, mdl-layerif, "
@@ -249,14 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-blocks", type=int, default=16, help="test blocks for perplexity (default: %(default)s)")
     pr.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
     pr.add_argument("--batch-size", type=int, default=4)
-    pr.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     pr.add_argument("--out", default=None, help="write the result as JSON here")
     pr.set_defaults(func=cmd_prune)
 
     al = sub.add_parser("allocate", help="LoRA ranks per layer from layer scores (MDL program A)",
                         description="Allocate LoRA ranks per layer at a parameter budget from zeta^2 or LayerIF "
                                     "scores; with --train, fine-tune uniform and MDL ranks briefly and compare.")
-    al.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
+    _add_model_and_device(al)
     al.add_argument("--task", default="arithmetic", help="task to score and train on (default: %(default)s)")
     al.add_argument("--scores", default="zeta2", choices=["zeta2", "layerif"])
     al.add_argument("--rank", type=int, default=2, help="budget = this uniform rank's parameters (default: %(default)s)")
@@ -268,7 +273,6 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--steps", type=int, default=20)
     al.add_argument("--lr", type=float, default=1e-3)
     al.add_argument("--seed", type=int, default=0)
-    al.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
     al.set_defaults(func=cmd_allocate)
 
     doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
