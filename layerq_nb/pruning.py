@@ -375,13 +375,19 @@ def map_functions(model, calibration: Blocks, validation: Blocks | None = None, 
 
 def prune_sweep(model, calibration: Blocks, evaluation: Blocks, maps: dict, methods=METHODS,
                 sparsities=(0.5, 0.6, 0.7), batch_size: int = 4, progress: bool = True) -> list[dict]:
-    """Held-out perplexity for every method x map x sparsity (plus the dense model), as plain rows."""
+    """Held-out perplexity for every method x map x sparsity (plus the dense model), as plain rows; a map
+    that cannot reach a sparsity gives a row with perplexity NaN and its `error`."""
     from .evaluate import perplexity
     rows = [dict(method="dense", map="-", sparsity=0.0, achieved=0.0,
                  perplexity=perplexity(model, evaluation, batch_size, progress=False))]
     combos = [(m, name, s) for m in methods for name in maps for s in sparsities]
     for method, name, s in tqdm(combos, desc="prune sweep", unit="run", disable=not progress):
-        per_layer = maps[name](s)
+        try:
+            per_layer = maps[name](s)
+        except ValueError as err:      # e.g. a linear map that would need a layer above 99%: say so, go on
+            rows.append(dict(method=method, map=name, sparsity=s, achieved=float("nan"), perplexity=float("nan"),
+                             error=str(err)))
+            continue
         with pruned(model, per_layer, method, blocks=calibration, batch_size=batch_size, progress=False) as report:
             ppl = perplexity(model, evaluation, batch_size, progress=False)
         rows.append(dict(method=method, map=name, sparsity=s, achieved=report.global_sparsity, perplexity=ppl,
@@ -399,7 +405,8 @@ def plot_sweep(rows: list[dict], axes=None):
     dense = next((r["perplexity"] for r in rows if r["method"] == "dense"), None)
     for ax, method in zip(axes, methods):
         for name in dict.fromkeys(r["map"] for r in rows if r["method"] == method):
-            pts = sorted((r["sparsity"], r["perplexity"]) for r in rows if r["method"] == method and r["map"] == name)
+            pts = sorted((r["sparsity"], r["perplexity"]) for r in rows
+                         if r["method"] == method and r["map"] == name and np.isfinite(r["perplexity"]))
             ax.plot(*zip(*pts), marker="o", label=name)
         if dense:
             ax.axhline(dense, color="grey", ls=":", label="dense")

@@ -132,3 +132,24 @@ def test_pruned_restores_after_errors(tiny, calibration):
     with pytest.raises(ValueError, match="calibration blocks"):
         with pruning.pruned(model, 0.5, "sparsegpt"):
             pass
+
+
+def test_maps_from_the_model_and_a_sweep(tiny, calibration):
+    from layerq_nb.pruning import SPECS, map_functions, plot_sweep, prune_sweep
+    model = tiny[0]
+    maps = map_functions(model, calibration, calibration, [*SPECS, "owl-reverse"], epsilon=0.5, progress=False)
+    sizes = pruning.layer_sizes(model)
+    for name, fn in maps.items():
+        assert sizes @ fn(0.5) / sizes.sum() == pytest.approx(0.5), name
+    np.testing.assert_allclose(maps["owl-reverse"](0.5), 1.0 - maps["owl"](0.5))
+    rows = prune_sweep(model, calibration, calibration, {k: maps[k] for k in ("uniform", "alphapruning")},
+                       methods=["magnitude"], sparsities=(0.5, 0.9), progress=False)
+    assert rows[0]["method"] == "dense" and len(rows) == 5
+    failed = [r for r in rows if "error" in r]          # alphapruning at 90% with eps 0.5 needs > 99%
+    assert [(r["map"], r["sparsity"]) for r in failed] == [("alphapruning", 0.9)] and np.isnan(failed[0]["perplexity"])
+    assert all(np.isfinite(r["perplexity"]) and r["achieved"] == pytest.approx(r["sparsity"]) for r in rows[1:] if "error" not in r)
+    import matplotlib
+    matplotlib.use("Agg")
+    assert len(plot_sweep(rows)) == 1
+    with pytest.raises(ValueError, match="unknown map 'random'"):
+        map_functions(model, calibration, specs=["random"])
