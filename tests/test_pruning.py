@@ -147,7 +147,7 @@ def test_maps_from_the_model_and_a_sweep(tiny, calibration):
     assert rows[0]["method"] == "dense" and len(rows) == 5
     failed = [r for r in rows if "error" in r]          # alphapruning at 90% with eps 0.5 needs > 99%
     assert [(r["map"], r["sparsity"]) for r in failed] == [("alphapruning", 0.9)] and np.isnan(failed[0]["perplexity"])
-    assert all(np.isfinite(r["perplexity"]) and r["achieved"] == pytest.approx(r["sparsity"]) for r in rows[1:] if "error" not in r)
+    assert all(np.isfinite(r["perplexity"]) and r["achieved"] == pytest.approx(r["sparsity"], abs=0.01) for r in rows[1:] if "error" not in r)
     import matplotlib
     matplotlib.use("Agg")
     assert len(plot_sweep(rows)) == 1
