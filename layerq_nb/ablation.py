@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from . import shapley
 from .data import IGNORE, Blocks
+from .models import block_input
 from .models import layers as find_layers
 from .scores import LayerScores
 
@@ -56,7 +57,7 @@ def _row_masks(model, active: torch.Tensor):
             on = active[:, layer.index]
             if not on.all():
                 def hook(module, args, kwargs, output, on=on):
-                    x = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                    x = block_input(args, kwargs)
                     return torch.where(on[:, None, None].to(output.device), output, x)
                 handles.append(layer.module.register_forward_hook(hook, with_kwargs=True))
         with skipped(model, [layer.index for layer in found if not active[:, layer.index].any()]):

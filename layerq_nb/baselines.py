@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .data import Blocks
+from .models import block_input
 from .models import layers as find_layers
 from .models import weight_matrix
 from .scores import LayerScores
@@ -48,10 +49,6 @@ def _run(model, blocks: Blocks, batch_size: int, on_batch=None):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
 
 
-def _hidden_in(args, kwargs):
-    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-
 def block_influence(model, blocks: Blocks, batch_size: int = 4) -> LayerScores:
     """ShortGPT's BI_k = 1 - mean over unpadded tokens of cos(block input, block output)."""
     found = find_layers(model)
@@ -59,7 +56,7 @@ def block_influence(model, blocks: Blocks, batch_size: int = 4) -> LayerScores:
 
     def hook_for(k):
         def hook(module, args, kwargs, output):
-            x, y = _hidden_in(args, kwargs), output[0] if isinstance(output, tuple) else output
+            x, y = block_input(args, kwargs), output[0] if isinstance(output, tuple) else output
             cos = torch.nn.functional.cosine_similarity(x.float(), y.float(), dim=-1).reshape(-1)[state["mask"]]
             sums[k] += float(torch.nan_to_num(cos, nan=0.5).sum())
         return hook

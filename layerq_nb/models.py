@@ -6,6 +6,8 @@ as safetensors) -> an error that names the one-line fix. `tiny-llama` is a rando
 """
 from __future__ import annotations
 
+import contextlib
+
 import importlib.util
 import os
 import shutil
@@ -201,6 +203,24 @@ def weight_matrix(module) -> torch.Tensor:
     """The module's weight as a (d_out, d_in) view: GPT-2's Conv1D stores it transposed."""
     from transformers.pytorch_utils import Conv1D
     return module.weight.T if isinstance(module, Conv1D) else module.weight
+
+
+@contextlib.contextmanager
+def weights_restored(modules):
+    """Whatever happens inside, the modules' weights come back bit-identical (they are cloned first)."""
+    saved = [m.weight.detach().clone() for m in modules]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, w in zip(modules, saved):
+                m.weight.copy_(w)
+
+
+def block_input(args: tuple, kwargs: dict):
+    """The hidden states a decoder block was called with (positional in every family here, by keyword
+    if a caller passes them so): for hooks that read or replace a block's input."""
+    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
 
 def layers(model) -> list[Layer]:

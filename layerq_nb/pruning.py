@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import mdl
 from .data import Blocks
 from .models import layers as find_layers
-from .models import weight_matrix
+from .models import weight_matrix, weights_restored
 from .scores import LayerScores
 
 __all__ = ["MAPS", "METHODS", "SPECS", "sparsity_map", "magnitude_mask", "wanda_mask", "sparsegpt", "pruned",
@@ -242,10 +242,6 @@ def _layer_inputs(model, blocks: Blocks, batch_size: int):
     return calls
 
 
-def _hidden(args, kwargs):
-    return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-
-
 def _with_hidden(args, kwargs, h):
     if "hidden_states" in kwargs:
         return args, {**kwargs, "hidden_states": h}
@@ -323,15 +319,9 @@ def pruned(model, sparsity, method: str = "wanda", blocks: Blocks | None = None,
     per_layer = np.broadcast_to(np.asarray(sparsity, dtype=float), (len(found),)).copy()
     if np.any(per_layer < 0) or np.any(per_layer >= 1):
         raise ValueError(f"per-layer sparsity must lie in [0, 1), got {per_layer.min():g}..{per_layer.max():g}")
-    modules = [m for layer in found for m in layer.linears.values()]
-    saved = [m.weight.detach().clone() for m in modules]
-    try:
+    with weights_restored([m for layer in found for m in layer.linears.values()]):
         achieved = _apply(model, blocks, per_layer, method, n_m, batch_size, progress)
         yield PruneReport(method=method, target=per_layer, achieved=achieved, sizes=layer_sizes(model))
-    finally:
-        with torch.no_grad():
-            for m, w in zip(modules, saved):
-                m.weight.copy_(w)
 
 
 # ----------------------------------------------------------------------------- maps from a model, sweeps

@@ -10,7 +10,6 @@ sums are all-reduced, so scores equal the single-process ones.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,7 +19,7 @@ from tqdm.auto import tqdm
 from . import curvature as curv
 from .data import Blocks
 from .models import layers as find_layers
-from .models import weight_matrix
+from .models import weight_matrix, weights_restored
 from .scores import LayerScores
 from .tape import DiagonalFisher, EKFACCorrection, GradientSum, KFACFactors, all_reduce, run_tape
 
@@ -180,18 +179,6 @@ class NewtonStep:
     scale: float            # the step taken was scale * Delta
 
 
-@contextlib.contextmanager
-def _weights_restored(modules):
-    """Whatever happens inside, the modules' weights come back bit-identical."""
-    saved = [m.weight.detach().clone() for m in modules]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for m, w in zip(modules, saved):
-                m.weight.copy_(w)
-
-
 def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damping: float = 0.1,
                 damping_mode: str = "relative", scale: float = 1.0, batch_size: int = 4, seed: int = 0,
                 progress: bool = False) -> NewtonStep:
@@ -213,7 +200,7 @@ def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damp
     steps = {k: solves[k].solve(grads[k]) for k in keys}
     zeta2 = float(sum((grads[k].double() * steps[k].double()).sum() for k in keys))
     before = mean_loss(model, blocks, batch_size=batch_size, progress=False)
-    with _weights_restored(list(target.linears.values())):
+    with weights_restored(list(target.linears.values())):
         with torch.no_grad():
             for (_, m), step in zip(keys, steps.values()):
                 w = weight_matrix(target.linears[m])           # (d_out, d_in), a view of the parameter
