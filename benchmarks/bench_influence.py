@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 
 from bench_scoring import plain_forward_backward, timed
-from layerq_nb import load_model, load_task
+from layerq_nb import layers, load_model, load_task
 from layerq_nb.influence import InnerProducts, layer_influence
-from layerq_nb.tape import module_keys, run_tape
+from layerq_nb.tape import run_tape
 
 
 def main():
@@ -32,9 +32,8 @@ def main():
     device = next(model.parameters()).device
     train = load_task("prose", tok, split="train", n_blocks=args.blocks, block_size=args.block_size)
     val = load_task("prose", tok, split="validation", n_blocks=4, block_size=args.block_size)
-    shapes = {(li, n): m.weight.shape for li, layer in enumerate(__import__("layerq_nb").layers(model))
-              for n, m in layer.linears.items()}
-    vectors = {k: torch.randn(shapes[k], device=device) for k in module_keys(model)}
+    vectors = {(layer.index, n): torch.randn(m.weight.shape, device=device)     # any V costs the same
+               for layer in layers(model) for n, m in layer.linears.items()}
     plain_forward_backward(model, train.subset([0]), 4, False)                       # warm-up
     best = {}
     for _ in range(args.repeats):

@@ -55,7 +55,7 @@ def _row_masks(model, active: torch.Tensor):
     try:
         for layer in found:
             on = active[:, layer.index]
-            if not on.all():
+            if on.any() and not on.all():       # layers off in every row are skipped outright below
                 def hook(module, args, kwargs, output, on=on):
                     x = block_input(args, kwargs)
                     return torch.where(on[:, None, None].to(output.device), output, x)
