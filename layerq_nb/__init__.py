@@ -46,3 +46,9 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(set(globals()) | set(__all__))
+
+
+def load_ipython_extension(ipython):
+    """`%load_ext layerq_nb`: registers the `%layerq` magic (doctor, tutorials, copy, open)."""
+    from .ui.magics import load_ipython_extension as load
+    load(ipython)

@@ -19,7 +19,7 @@ from .models import block_input
 from .models import layers as find_layers
 from .scores import LayerScores
 
-__all__ = ["skipped", "coalition_losses", "layer_shapley", "cornerstone", "Cornerstone"]
+__all__ = ["skipped", "coalition_losses", "layer_game", "layer_shapley", "cornerstone", "Cornerstone"]
 
 
 def _identity(hidden_states, *args, **kwargs):
@@ -91,6 +91,23 @@ def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np
     return np.array(out)
 
 
+def layer_game(model, blocks: Blocks, players, cap: bool = True, max_rows: int = 8, on_batch=None):
+    """The value function v(S) = -min(NLL(S), log V) over boolean (m, len(players)) coalitions: the
+    layers in `players` play, every other layer stays active. For `shapley.estimate`."""
+    found = find_layers(model)
+    players = [int(p) for p in players]
+    chance = float(np.log(model.get_output_embeddings().weight.shape[0]))
+
+    def value(coalitions):
+        full = np.ones((len(coalitions), len(found)), bool)
+        full[:, players] = coalitions
+        if on_batch is not None:
+            on_batch(len(coalitions))
+        losses = coalition_losses(model, blocks, full, max_rows=max_rows)
+        return -np.minimum(losses, chance) if cap else -losses
+    return value
+
+
 def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int = 600, seed: int = 0,
                   players=None, max_rows: int = 8, cap: bool = True,
                   progress: bool = True) -> tuple[shapley.ShapleyEstimate, LayerScores]:
@@ -105,17 +122,9 @@ def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int
     """
     found = find_layers(model)
     players = list(range(len(found))) if players is None else [int(p) for p in players]
-    chance = float(np.log(model.get_output_embeddings().weight.shape[0]))
     bar = tqdm(total=budget if method != "exact" else 2 ** len(players), desc=f"Shapley ({method})",
                unit="coalition", disable=not progress, leave=False)
-
-    def value(coalitions):
-        full = np.ones((len(coalitions), len(found)), bool)
-        full[:, players] = coalitions
-        bar.update(len(coalitions))
-        losses = coalition_losses(model, blocks, full, max_rows=max_rows)
-        return -np.minimum(losses, chance) if cap else -losses
-
+    value = layer_game(model, blocks, players, cap=cap, max_rows=max_rows, on_batch=lambda m: bar.update(m))
     est = shapley.estimate(value, len(players), method=method, budget=budget, seed=seed)
     bar.close()
     names = tuple(found[p].name for p in players)

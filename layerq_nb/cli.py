@@ -19,6 +19,7 @@ EPILOG = """examples:
   layerq prune --sparsity 0.5 --map mdl-zeta2 --method wanda     per-layer table, perplexity, JSON
   layerq allocate --task arithmetic --rank 2 --train   LoRA ranks: uniform vs MDL(zeta^2), short fine-tuning
   layerq doctor                        versions of the stack, the device, where the model comes from
+  layerq lab                           JupyterLab on the tutorials
 """
 
 
@@ -48,6 +49,33 @@ def cmd_doctor(args) -> int:
             where += f"; offline weights ({pkg.replace('_', '-')}) {'installed' if shipped else 'missing'}"
         print(f"{short:>14}  {where}")
     return 0
+
+
+def lab_command(folder, extra=()) -> list[str]:
+    return [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={folder}", *extra]
+
+
+def cmd_lab(args) -> int:
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from .ui._assets import tutorials_folder
+    source = tutorials_folder()
+    folder = source
+    if source.name == "_notebooks":       # inside site-packages: work on a copy
+        folder = Path(args.dir).resolve()
+        for notebook in source.glob("*.ipynb"):
+            if not (folder / notebook.name).exists():
+                folder.mkdir(parents=True, exist_ok=True)
+                shutil.copy(notebook, folder / notebook.name)
+    command = lab_command(folder, args.jupyter_args)
+    print(" ".join(command))
+    if args.dry_run:
+        return 0
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise ImportError('JupyterLab is not installed: pip install "layerq_nb[notebooks]"')
+    return subprocess.call(command)
 
 
 def cmd_demo(args) -> int:
@@ -277,6 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
     doctor.set_defaults(func=cmd_doctor)
+
+    lab = sub.add_parser("lab", help="start JupyterLab on the tutorials (copies them first when installed from a wheel)")
+    lab.add_argument("--dir", default="layerq_tutorials", help="where to copy the tutorials to (wheel installs)")
+    lab.add_argument("--dry-run", action="store_true", help="print the command instead of starting JupyterLab")
+    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab (e.g. --no-browser)")
+    lab.set_defaults(func=cmd_lab)
     return parser
 
 
