@@ -4,15 +4,16 @@ a matplotlib figure drawn into an Output widget (so executed notebooks keep the 
 from __future__ import annotations
 
 import html
+import io
 from dataclasses import dataclass
 from typing import Callable
 
 import ipywidgets as widgets
 from IPython import get_ipython
-from IPython.display import clear_output, display
+from IPython.display import Image, clear_output, display
 from matplotlib.figure import Figure
 
-__all__ = ["Step", "Stepper", "new_figure"]
+__all__ = ["Step", "Stepper", "new_figure", "figure_png"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class Step:
 def new_figure(width: float = 7.0, height: float = 3.2) -> Figure:
     """A pyplot-free figure: nothing leaks into the notebook's global figure list."""
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def figure_png(figure: Figure) -> Image:
+    """The figure as a PNG image (a bare Figure has no rich display without pyplot's inline backend)."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    return Image(data=buffer.getvalue(), format="png")
 
 
 class Stepper(widgets.VBox):
@@ -85,4 +93,4 @@ class Stepper(widgets.VBox):
         with self.output:
             clear_output(wait=True)
             if figure is not None:
-                display(figure)
+                display(figure_png(figure))
