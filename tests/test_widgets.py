@@ -222,3 +222,11 @@ def test_load_ext_registers_the_magic():
     shell = get_ipython()
     shell.run_line_magic("load_ext", "layerq_nb")
     assert "layerq" in shell.magics_manager.magics["line"]
+
+
+def test_damping_sweep_equals_newton_steps(tiny, tiny_train):
+    model = tiny[0]
+    sweep = steps.damping_sweep(model, tiny_train, layer=2, curvature="ekfac", dampings=(0.5, 5.0))
+    for d, pred, act in zip(sweep.dampings, sweep.predicted, sweep.actual):
+        ref = lq.newton_step(model, tiny_train, layer=2, curvature="ekfac", damping=d)
+        assert pred == pytest.approx(ref.predicted, rel=1e-6) and act == pytest.approx(ref.actual, rel=1e-6, abs=1e-9)

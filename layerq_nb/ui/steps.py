@@ -14,7 +14,7 @@ from .. import mdl
 
 __all__ = [
     "Isolation", "gradient_isolation", "CurvatureStudy", "curvature_study", "NewtonLine", "newton_line",
-    "AllocationSteps", "allocation_steps", "RegretCurve", "regret_curve", "Convergence", "shapley_convergence",
+    "DampingSweep", "damping_sweep", "AllocationSteps", "allocation_steps", "RegretCurve", "regret_curve", "Convergence", "shapley_convergence",
 ]
 
 DAMPINGS = tuple(float(d) for d in np.logspace(-3, 1, 17))   # relative damping grid of the slider
@@ -179,6 +179,56 @@ def newton_line(model, blocks, layer: int, curvature: str = "kfac", damping: flo
     base = losses[int(np.flatnonzero(scales == 0)[0])] if np.any(scales == 0) else mean_loss(model, blocks, progress=False)
     return NewtonLine(layer=layer, curvature=curvature, zeta2=zeta2, scales=scales, loss=np.array(losses),
                       model=base - (scales - scales**2 / 2) * zeta2)
+
+
+@dataclass(frozen=True)
+class DampingSweep:
+    """Layer k's full Newton step at several dampings: predicted zeta^2 / 2 against the measured decrease."""
+    layer: int
+    curvature: str
+    dampings: np.ndarray
+    predicted: np.ndarray        # zeta^2(lam) / 2
+    actual: np.ndarray           # L(theta) - L(theta + Delta(lam))
+
+    @property
+    def ratio(self) -> np.ndarray:
+        """actual / predicted: 1 where the quadratic model can be trusted for a whole step."""
+        return self.actual / self.predicted
+
+
+def damping_sweep(model, blocks, layer: int, curvature: str = "kfac", dampings=(1.0, 1e2, 1e4),
+                  batch_size: int = 4, seed: int = 0) -> DampingSweep:
+    """One curvature fit, then for each relative damping the step Delta = -(H~ + lam I)^-1 g_k on layer
+    k alone: the quadratic model predicts a decrease of zeta^2/2; the loss is measured (weights restored)."""
+    import dataclasses
+
+    import torch
+
+    from ..evaluate import mean_loss
+    from ..models import layers as find_layers
+    from ..models import weight_matrix, weights_restored
+    from ..scoring import module_solves
+    target = find_layers(model)[layer]
+    solves, grads = module_solves(model, blocks, curvature, 1.0, only={layer}, gradients=True,
+                                  batch_size=batch_size, seed=seed, progress=False)
+    before = mean_loss(model, blocks, batch_size=batch_size, progress=False)
+    predicted, actual = [], []
+    for damping in dampings:
+        z2, deltas = 0.0, {}
+        for (i, m), solve in solves.items():
+            mean_eig = float(solve.eig.double().mean()) if solve.eig.dim() else 1.0
+            step = dataclasses.replace(solve, lam=float(damping) * mean_eig).solve(grads[(i, m)])
+            z2 += float((grads[(i, m)].double() * step.double()).sum())
+            deltas[m] = step
+        with weights_restored(list(target.linears.values())):
+            with torch.no_grad():
+                for m, step in deltas.items():
+                    w = weight_matrix(target.linears[m])
+                    w -= step.to(w.dtype)
+            actual.append(before - mean_loss(model, blocks, batch_size=batch_size, progress=False))
+        predicted.append(z2 / 2)
+    return DampingSweep(layer=layer, curvature=curvature, dampings=np.asarray(dampings, float),
+                        predicted=np.array(predicted), actual=np.array(actual))
 
 
 # ----------------------------------------------------------------------------- allocation (numpy)
