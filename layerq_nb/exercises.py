@@ -19,9 +19,22 @@ __all__ = [
 ]
 
 
-def _report(ok: bool, good: str, bad: str) -> bool:
+class Verdict:
+    """True or False, shown in a notebook as one word rather than a bare `False`."""
+
+    def __init__(self, ok: bool):
+        self.ok = bool(ok)
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def __repr__(self) -> str:
+        return "passed" if self.ok else "not yet (see above)"
+
+
+def _report(ok: bool, good: str, bad: str) -> Verdict:
     print(("Correct. " + good) if ok else ("Not yet. " + bad))
-    return ok
+    return Verdict(ok)
 
 
 def _unanswered(value, hint: str) -> bool:
@@ -34,19 +47,20 @@ def _unanswered(value, hint: str) -> bool:
 def _call(fn, *args):
     """Run the student's function; report an exception instead of raising it."""
     try:
-        return fn(*args), None
+        out = fn(*args)
     except Exception as error:          # a student's bug is feedback, not a crash
         return None, f"your function raised {type(error).__name__}: {error}"
+    return (None, "your function returned None: write its body") if out is None else (out, None)
 
 
 # ----------------------------------------------------------------------------- 00 tour
 
-def check_layer_count(n_layers, params_per_layer, model) -> bool:
+def check_layer_count(n_layers, params_per_layer, model) -> Verdict:
     """00.1: the number of decoder layers and the weights of one layer's linear maps."""
     from .models import layers
     found = layers(model)
     if _unanswered(n_layers, "len(lq.layers(model)); a Layer has .n_params"):
-        return False
+        return Verdict(False)
     if n_layers != len(found):
         return _report(False, "", f"{n_layers} layers? Count the entries of lq.layers(model).")
     return _report(params_per_layer == found[0].n_params,
@@ -55,10 +69,10 @@ def check_layer_count(n_layers, params_per_layer, model) -> bool:
                    "(q, k, v, o, gate, up, down).")
 
 
-def check_perplexity(value, loss: float) -> bool:
+def check_perplexity(value, loss: float) -> Verdict:
     """00.2: perplexity = exp(mean next-token loss in nats)."""
     if _unanswered(value, "perplexity is exp of the mean loss (natural log)"):
-        return False
+        return Verdict(False)
     return _report(math.isclose(float(value), math.exp(loss), rel_tol=1e-6),
                    f"exp({loss:.4f}) = {math.exp(loss):.3f}: the model is as unsure as a fair choice among that many tokens.",
                    f"{value} is not exp({loss:.4f}). Did you use log base 2 or 10, or forget the exp?")
@@ -66,10 +80,10 @@ def check_perplexity(value, loss: float) -> bool:
 
 # ----------------------------------------------------------------------------- 01 gradient isolation
 
-def check_layer_grad_norms(fn, grads: dict, n_layers: int) -> bool:
+def check_layer_grad_norms(fn, grads: dict, n_layers: int) -> Verdict:
     """01.1: fn(grads, n_layers) -> array of ||g_k||^2, grads keyed by (layer index, module name)."""
     if _unanswered(fn, "sum (g ** 2).sum() over the modules of each layer"):
-        return False
+        return Verdict(False)
     out, error = _call(fn, grads, n_layers)
     if error:
         return _report(False, "", error)
@@ -83,10 +97,10 @@ def check_layer_grad_norms(fn, grads: dict, n_layers: int) -> bool:
                    "the values differ. Square every entry, sum, and add the modules of the same layer.")
 
 
-def check_largest_layer(k, isolation) -> bool:
+def check_largest_layer(k, isolation) -> Verdict:
     """01.2: the layer with the largest ||g_k||^2."""
     if _unanswered(k, "np.argmax over the layers' squared gradient norms"):
-        return False
+        return Verdict(False)
     best = int(np.argmax(isolation.layer_norm2))
     return _report(int(k) == best, f"layer {best} holds {100 * isolation.share(best):.1f}% of ||g||^2.",
                    f"layer {k} holds {100 * isolation.share(int(k)):.1f}%; one layer holds more.")
@@ -99,10 +113,10 @@ def _spd(rng, d):
     return a @ a.T / d + 0.1 * np.eye(d)
 
 
-def check_zeta2(fn) -> bool:
+def check_zeta2(fn) -> Verdict:
     """02.1: fn(g, H, lam) -> g^T (H + lam I)^-1 g for a dense symmetric H."""
     if _unanswered(fn, "np.linalg.solve(H + lam * np.eye(len(g)), g), then a dot product"):
-        return False
+        return Verdict(False)
     rng = np.random.default_rng(0)
     for d, lam in ((3, 0.1), (8, 1.0), (5, 0.0)):
         g, H = rng.normal(size=d), _spd(rng, d)
@@ -116,10 +130,10 @@ def check_zeta2(fn) -> bool:
     return _report(True, "zeta^2 is the squared gradient in the metric of the inverse curvature.", "")
 
 
-def check_quadratic_decrease(fn) -> bool:
+def check_quadratic_decrease(fn) -> Verdict:
     """02.2: fn(zeta2, t) -> decrease of the quadratic model after t times the Newton step."""
     if _unanswered(fn, "plug Delta = -t H^-1 g into -(g^T Delta + Delta^T H Delta / 2)"):
-        return False
+        return Verdict(False)
     for z, t in ((2.0, 1.0), (0.5, 0.5), (3.0, 2.0), (1.0, 0.0)):
         out, error = _call(fn, z, t)
         if error:
@@ -132,11 +146,11 @@ def check_quadratic_decrease(fn) -> bool:
 
 # ----------------------------------------------------------------------------- 03 layer quality
 
-def check_shapley(fn) -> bool:
+def check_shapley(fn) -> Verdict:
     """03.1: fn(value) -> Shapley values of 3 players, value(frozenset) -> float."""
     from itertools import permutations
     if _unanswered(fn, "average each player's marginal contribution over all 3! orders"):
-        return False
+        return Verdict(False)
     rng = np.random.default_rng(1)
     table = {frozenset(s): float(rng.normal()) for s in
              [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]}
@@ -156,10 +170,10 @@ def check_shapley(fn) -> bool:
                    f"expected {np.round(expected, 4)}, got {out}. Weight each marginal by 1/3! per order.")
 
 
-def check_cornerstones(layers_list, result, fraction: float = 0.5) -> bool:
+def check_cornerstones(layers_list, result, fraction: float = 0.5) -> Verdict:
     """03.2: the cornerstone layers of an `ablation.Cornerstone` result at `fraction`."""
     if _unanswered(layers_list, "layers whose drop moves the loss >= fraction of the way to log V"):
-        return False
+        return Verdict(False)
     expected = result.cornerstones(fraction)
     return _report(sorted(int(i) for i in layers_list) == expected,
                    f"cornerstones: {expected}; dropping any of them sends the model most of the way to chance.",
@@ -169,11 +183,11 @@ def check_cornerstones(layers_list, result, fraction: float = 0.5) -> bool:
 
 # ----------------------------------------------------------------------------- 04 allocation
 
-def check_allocation_at(fn) -> bool:
+def check_allocation_at(fn) -> Verdict:
     """04.1: fn(nu, q, c, beta, lower, upper) -> r(nu) = clip(q/(nu c) - beta, lower, upper)."""
     from .mdl import allocate
     if _unanswered(fn, "set d/dr_k of the Lagrangian to zero: q_k / (beta_k + r_k) = nu c_k, then clip"):
-        return False
+        return Verdict(False)
     q, c, beta = np.array([0.1, 0.3, 0.6]), np.array([1.0, 2.0, 1.0]), np.array([1.0, 0.5, 2.0])
     for nu in (0.02, 0.1, 0.5):
         expected = allocate(q, 1.0, cost=c, beta=beta, lower=0.0, upper=4.0).problem.x_of_nu(nu)
@@ -185,11 +199,11 @@ def check_allocation_at(fn) -> bool:
     return _report(True, "one dual level nu sets every layer's allocation.", "")
 
 
-def check_dual_level(nu, q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> bool:
+def check_dual_level(nu, q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Verdict:
     """04.2: the nu at which the spend sum_k c_k r_k(nu) equals the budget."""
     from .mdl import allocate, budget_curve
     if _unanswered(nu, "bisect on nu: the spend falls as nu rises"):
-        return False
+        return Verdict(False)
     sol = allocate(q, budget, cost=cost, beta=beta, lower=lower, upper=upper)
     spend = float(budget_curve(sol, [float(nu)])[0])
     return _report(math.isclose(float(nu), sol.nu, rel_tol=1e-6),
@@ -200,10 +214,10 @@ def check_dual_level(nu, q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf)
 
 # ----------------------------------------------------------------------------- 05 pruning
 
-def check_magnitude_mask(fn) -> bool:
+def check_magnitude_mask(fn) -> Verdict:
     """05.1: fn(weight (numpy 2-d), sparsity) -> boolean mask, True on the floor(s * numel) smallest |W|."""
     if _unanswered(fn, "np.argsort(np.abs(W), axis=None)[:count]"):
-        return False
+        return Verdict(False)
     rng = np.random.default_rng(2)
     for shape, s in (((4, 6), 0.5), ((16, 8), 0.25), ((5, 5), 0.0)):
         w = rng.normal(size=shape)
@@ -221,11 +235,11 @@ def check_magnitude_mask(fn) -> bool:
     return _report(True, "the smallest magnitudes go first: magnitude pruning.", "")
 
 
-def check_most_pruned(k, q, sparsity, sizes) -> bool:
+def check_most_pruned(k, q, sparsity, sizes) -> Verdict:
     """05.2: which layer the MDL map (program B) prunes most."""
     from .mdl import prune
     if _unanswered(k, "s_k = 1 - q_k / (nu n_k): the smallest gain per weight is pruned most"):
-        return False
+        return Verdict(False)
     s = prune(q, sparsity, sizes=sizes).x
     best = int(np.argmax(s))
     return _report(int(k) == best, f"layer {best} takes s = {s[best]:.3f}: lowest gain per weight.",
@@ -234,20 +248,20 @@ def check_most_pruned(k, q, sparsity, sizes) -> bool:
 
 # ----------------------------------------------------------------------------- 06 transfer regret
 
-def check_delta(value, q_source, q_target) -> bool:
+def check_delta(value, q_source, q_target) -> Verdict:
     """06.1: delta = ||q_T - q_S||_2 on the simplex (normalise first)."""
     from .mdl import normalise
     if _unanswered(value, "normalise both score vectors to sum 1, then the Euclidean norm of the difference"):
-        return False
+        return Verdict(False)
     expected = float(np.linalg.norm(normalise(q_target) - normalise(q_source)))
     return _report(math.isclose(float(value), expected, rel_tol=1e-6), f"delta = {expected:.5f}.",
                    f"expected {expected:.5f}, got {value}. Did you normalise the scores first?")
 
 
-def check_slope(value, curve) -> bool:
+def check_slope(value, curve) -> Verdict:
     """06.2: the log-log slope of regret against delta."""
     if _unanswered(value, "np.polyfit(np.log(delta), np.log(regret), 1)[0]"):
-        return False
+        return Verdict(False)
     expected = curve.slope()
     return _report(abs(float(value) - expected) < 0.05, f"slope {expected:.2f}: regret is quadratic in the score error.",
                    f"expected about {expected:.2f}, got {value}. Fit in log-log space.")
@@ -255,19 +269,19 @@ def check_slope(value, curve) -> bool:
 
 # ----------------------------------------------------------------------------- 07 scaling out
 
-def check_shard(indices, n_blocks: int, rank: int, world_size: int) -> bool:
+def check_shard(indices, n_blocks: int, rank: int, world_size: int) -> Verdict:
     """07.1: the blocks process `rank` of `world_size` scores (every world_size-th, from rank)."""
     if _unanswered(indices, "range(rank, n_blocks, world_size)"):
-        return False
+        return Verdict(False)
     expected = list(range(rank, n_blocks, world_size))
     return _report(list(indices) == expected, f"rank {rank} takes {expected}; the reducer sums are all-reduced.",
                    f"expected {expected}, got {list(indices)}.")
 
 
-def check_bf16_bytes(value, model) -> bool:
+def check_bf16_bytes(value, model) -> Verdict:
     """07.2: bytes to hold the model's parameters in bfloat16."""
     if _unanswered(value, "2 bytes per parameter"):
-        return False
+        return Verdict(False)
     n = sum(p.numel() for p in model.parameters())
     return _report(int(value) == 2 * n, f"{2 * n / 2**20:.0f} MiB in bf16, half of fp32's {4 * n / 2**20:.0f} MiB.",
                    f"expected {2 * n:,} bytes for {n:,} parameters.")
