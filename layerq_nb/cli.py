@@ -306,17 +306,20 @@ def build_parser() -> argparse.ArgumentParser:
     doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
     doctor.set_defaults(func=cmd_doctor)
 
-    lab = sub.add_parser("lab", help="start JupyterLab on the tutorials (copies them first when installed from a wheel)")
+    lab = sub.add_parser("lab", help="start JupyterLab on the tutorials (copies them first when installed from a wheel)",
+                         description="Other options (e.g. --no-browser, --port 9999) are passed on to jupyter lab.")
     lab.add_argument("--dir", default="layerq_tutorials", help="where to copy the tutorials to (wheel installs)")
     lab.add_argument("--dry-run", action="store_true", help="print the command instead of starting JupyterLab")
-    lab.add_argument("jupyter_args", nargs=argparse.REMAINDER, help="passed on to jupyter lab (e.g. --no-browser)")
     lab.set_defaults(func=cmd_lab)
     return parser
 
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) != "lab":      # only `layerq lab` passes options on
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.jupyter_args = extra
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
