@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 
 import pytest
@@ -20,3 +21,35 @@ def real():
 def tiny():
     from layerq_nb import load_model
     return load_model("tiny-llama", device="cpu")
+
+
+# ----------------------------------------------------------------------------- browser tests (tests/browser)
+# Debian's chromium driven by pytest-playwright (no browser download); skipped with a reason when no
+# chromium binary is installed (`apt-get install chromium`); CI installs it.
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def pytest_collection_modifyitems(config, items):
+    if CHROMIUM:
+        return
+    skip = pytest.mark.skip(reason="no chromium binary: apt-get install chromium (or set CHROMIUM_PATH)")
+    for item in items:
+        if "browser" in str(item.fspath):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": ARGS}
+
+
+@pytest.fixture
+def console_errors(page):
+    """Every console error and uncaught page error of the test's page."""
+    errors = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    return errors
