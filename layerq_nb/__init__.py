@@ -36,16 +36,22 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'layerq_nb' has no attribute {name!r}")
+def lazy_exports(package: str, table: dict, namespace: dict):
+    """Module-level __getattr__ and __dir__ that import `name` from `package.table[name]` on first use
+    (PEP 562), so importing a package does not import torch or the widget stack."""
+    def __getattr__(name):
+        if name in table:
+            value = getattr(importlib.import_module(f".{table[name]}", package), name)
+            namespace[name] = value
+            return value
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(set(namespace) | set(table))
+    return __getattr__, __dir__
 
 
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def load_ipython_extension(ipython):

@@ -4,7 +4,7 @@ Needs the notebook extra (`pip install "layerq_nb[notebooks]"`); the core never 
 """
 from __future__ import annotations
 
-import importlib
+from .. import lazy_exports
 
 _LAZY = {
     "LayerStack": "views", "WaterFill": "views", "MaskHeatmap": "views",
@@ -15,13 +15,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name):
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'layerq_nb.ui' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -70,6 +70,14 @@ def lab(tmp_path_factory):
     server.wait(timeout=20)
 
 
+def _type_into_slider(page, description: str, value: str):
+    """Set an ipywidgets slider the way a person can: type into its editable readout, press Enter."""
+    page.locator(".widget-slider", has_text=description).locator(".widget-readout").click()
+    page.keyboard.press("Control+A")
+    page.keyboard.type(value)
+    page.keyboard.press("Enter")
+
+
 def test_views_render_and_react_in_jupyterlab(lab, page, console_errors, tmp_path):
     url, root = lab
     page.set_default_timeout(90_000)
@@ -96,21 +104,13 @@ def test_views_render_and_react_in_jupyterlab(lab, page, console_errors, tmp_pat
     # move the budget slider (type into its readout): the kernel re-solves, the water level moves
     title = page.locator(".lq-waterfill .lq-title")
     expect(title).to_contain_text("sum c_k r_k = 12.000")
-    budget = page.locator(".widget-slider", has_text="budget B").locator(".widget-readout")
-    budget.click()
-    page.keyboard.press("Control+A")
-    page.keyboard.type("20")
-    page.keyboard.press("Enter")
+    _type_into_slider(page, "budget B", "20")
     expect(title).to_contain_text("sum c_k r_k = 20.000")
 
     # the sparsity slider re-masks the matrix
     heat_title = page.locator(".lq-mask-heatmap .lq-title")
     expect(heat_title).to_contain_text("50.0% pruned")
-    sparsity = page.locator(".widget-slider", has_text="sparsity").locator(".widget-readout")
-    sparsity.click()
-    page.keyboard.press("Control+A")
-    page.keyboard.type("0.8")
-    page.keyboard.press("Enter")
+    _type_into_slider(page, "sparsity", "0.8")
     expect(heat_title).to_contain_text("80.0% pruned")
     page.screenshot(path=str(tmp_path / "lab-after.png"), full_page=True)
 
