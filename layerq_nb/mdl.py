@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 __all__ = [
-    "AllocationProblem", "PruningProblem", "Solution", "Regret",
-    "allocate", "prune", "verify", "regret_bound", "bisection_trace", "budget_curve", "normalise",
+    "AllocationProblem", "PruningProblem", "Solution", "Regret", "BatchAllocation",
+    "allocate", "allocate_batch", "prune", "verify", "regret_bound", "bisection_trace", "budget_curve", "normalise",
 ]
 
 _SPEND_RTOL = 1e-9   # verify(): the budget must hold to this relative accuracy
@@ -522,6 +522,63 @@ def _verify_integer_swaps(p, x):
         raise AssertionError("integer optimality violated: moving one unit between layers improves the objective")
     if _spend(p, x) + p.cost[0] <= p.target * (1 + 1e-12) and gain_up.max() > 0:
         raise AssertionError("integer optimality violated: an improving unit still fits in the budget")
+
+
+# ----------------------------------------------------------------------------- many instances at once
+
+@dataclass(frozen=True)
+class BatchAllocation:
+    """Solutions of program A for n instances: x[i] and nu[i] solve row i (see `allocate_batch`)."""
+    x: np.ndarray       # (n, K)
+    nu: np.ndarray      # (n,)
+
+
+def allocate_batch(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> BatchAllocation:
+    """Program A for n score vectors (rows of q) and n budgets at once, exact, vectorised over instances.
+
+    The same sorted-breakpoint path as `allocate(method="sorted")`: walking nu down from +inf, layer k
+    turns free at q_k / (c_k (beta_k + lower_k)) and saturates at q_k / (c_k (beta_k + upper_k)); between
+    breakpoints the spend is A / nu + B, so sorting the 2K breakpoints of every row (one argsort on an
+    (n, 2K) array) and one cumulative sum give each row's nu in closed form. For slider sweeps, regret
+    curves and bootstraps: thousands of instances cost about as much as a few single solves.
+    Rows need every q_k > 0 and a budget strictly inside (sum c lower, sum c upper); bounds and costs
+    are shared by the rows. No certificate: `verify(allocate(...))` certifies one instance.
+    """
+    q = np.atleast_2d(np.asarray(q, dtype=float))
+    if q.ndim != 2 or not np.all(np.isfinite(q)) or np.any(q <= 0):
+        raise ValueError("allocate_batch needs a 2-d array of finite, positive scores (rows = instances); "
+                         "use allocate() for rows with zero scores")
+    q = q / q.sum(axis=1, keepdims=True)
+    n, k = q.shape
+    cost = _per_layer("cost", cost, k, positive=True)
+    beta = _per_layer("beta", beta, k, positive=True)
+    lower = _per_layer("lower", lower, k)
+    upper = _per_layer("upper", upper, k, allow_inf=True)
+    _check_bounds(lower, upper)
+    if np.any(lower <= -beta):
+        raise ValueError("lower must be > -beta in every layer (log(1 + r/beta) undefined)")
+    budget = np.broadcast_to(np.asarray(budget, dtype=float), (n,))
+    lo, hi = float(cost @ lower), float(cost @ upper)
+    if not np.all((budget > lo) & (budget < hi)):
+        i = int(np.flatnonzero(~((budget > lo) & (budget < hi)))[0])
+        raise ValueError(f"budget[{i}] = {budget[i]:g} must lie strictly inside ({lo:g}, {hi:g}) for allocate_batch")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        nus = np.concatenate([q / (cost * (beta + lower)), q / (cost * (beta + upper))], axis=1)
+        d_a = np.concatenate([q, -q], axis=1)                      # spend = A / nu + B between breakpoints
+        d_b = np.broadcast_to(np.concatenate([-cost * (beta + lower), cost * (beta + upper)]), (n, 2 * k))
+        order = np.argsort(-nus, axis=1, kind="stable")
+        nus = np.take_along_axis(nus, order, axis=1)
+        a = np.cumsum(np.take_along_axis(d_a, order, axis=1), axis=1)
+        b = np.cumsum(np.take_along_axis(d_b, order, axis=1), axis=1) + lo
+        # spend at each breakpoint, walking down in nu; nu = 0 "breakpoints" (infinite upper bounds) are
+        # never crossed: the spend grows without bound before them
+        reached = ((a / nus + b) >= budget[:, None]) | (nus == 0)
+    j = np.argmax(reached, axis=1)                                # first breakpoint where the budget is met
+    rows = np.arange(n)
+    prev = np.maximum(j - 1, 0)
+    nu = np.where(j == 0, nus[rows, 0], a[rows, prev] / (budget - b[rows, prev]))
+    x = np.clip(q / (nu[:, None] * cost) - beta, lower, upper)
+    return BatchAllocation(x=x, nu=nu)
 
 
 # ----------------------------------------------------------------------------- transfer regret

@@ -92,6 +92,33 @@ def test_bisection_equals_sorted_breakpoints_allocation(inst):
 
 
 @SETTINGS
+@given(allocation_instances(max_k=40), st.integers(1, 6), st.integers(0, 2**31))
+def test_batch_equals_one_by_one(inst, n, seed):
+    """allocate_batch on n instances (perturbed positive scores, spread budgets) equals n calls of allocate."""
+    rng = np.random.default_rng(seed)
+    q = np.maximum(inst["q"], 0.05) * rng.uniform(0.5, 1.5, size=(n, inst["q"].size))
+    k = q.shape[1]
+    c, lower = np.broadcast_to(inst["cost"], (k,)), np.broadcast_to(inst["lower"], (k,))
+    upper = np.broadcast_to(inst["upper"], (k,))
+    lo = float(c @ lower)
+    hi = float(c @ upper) if np.all(np.isfinite(upper)) else lo + 20.0 * k
+    budgets = lo + rng.uniform(0.02, 0.98, size=n) * (hi - lo)
+    batch = mdl.allocate_batch(q, budgets, cost=inst["cost"], beta=inst["beta"], lower=inst["lower"], upper=inst["upper"])
+    for i in range(n):
+        one = mdl.allocate(q[i], budgets[i], cost=inst["cost"], beta=inst["beta"], lower=inst["lower"],
+                           upper=inst["upper"], method="sorted")
+        np.testing.assert_allclose(batch.x[i], one.x, rtol=1e-9, atol=1e-9)
+        assert batch.nu[i] == pytest.approx(one.nu, rel=1e-9)
+
+
+def test_batch_refuses_what_it_cannot_do():
+    with pytest.raises(ValueError, match="positive scores"):
+        mdl.allocate_batch([[0.5, 0.0]], 1.0)
+    with pytest.raises(ValueError, match="strictly inside"):
+        mdl.allocate_batch([[0.5, 0.5]], 2.0, upper=1.0)
+
+
+@SETTINGS
 @given(pruning_instances(max_k=40))
 def test_bisection_equals_sorted_breakpoints_pruning(inst):
     a = mdl.prune(**inst, method="bisection")
