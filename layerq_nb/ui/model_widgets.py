@@ -201,6 +201,7 @@ class Pruning(widgets.VBox):
         self.report = widgets.HTML()
         self.results: list[dict] = []
         self.thread: threading.Thread | None = None
+        self._evaluating = False
         self.button.on_click(lambda _: self.evaluate(background=True))
         for control in (self.sparsity, self.map, self.method, self.module):
             control.observe(lambda _: self.update(), names="value")
@@ -238,6 +239,8 @@ class Pruning(widgets.VBox):
             self.report.value = f"<span style='color:#b00'>{error}</span>"
             return
         self.stack.show(s, label=f"s_k, {self.map.value} map at {self.sparsity.value:.0%}")
+        if self._evaluating:         # the weights are pruned right now: the heatmap waits for the restore
+            return
         self.heatmap.show(self.mask().numpy(), label=f"layer {self.stack.selected} {self.module.value}")
 
     def evaluate(self, background: bool = False) -> dict | None:
@@ -251,7 +254,7 @@ class Pruning(widgets.VBox):
         def work():
             from ..evaluate import perplexity
             from ..pruning import pruned
-            self.button.disabled = True
+            self.button.disabled, self._evaluating = True, True
             self.progress.max, self.progress.value = 2, 0
             try:
                 with pruned(self.model, per_layer, settings["method"], blocks=self.calibration,
@@ -266,7 +269,8 @@ class Pruning(widgets.VBox):
             except Exception as error:
                 self.report.value = f"<span style='color:#b00'>{type(error).__name__}: {error}</span>"
             finally:
-                self.button.disabled = False
+                self.button.disabled, self._evaluating = False, False
+                self.update()            # settings may have moved meanwhile
         if background:
             self.thread = threading.Thread(target=work, daemon=True)
             self.thread.start()
