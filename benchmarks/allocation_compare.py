@@ -4,7 +4,7 @@ fine-tuning run, several seeds.
 
     python benchmarks/allocation_compare.py [--tasks arithmetic code] [--seeds 0 1 2] [--steps 20]
 
-Writes benchmarks/results/allocation.jsonl and prints a markdown table (mean +- std over seeds of the
+Writes benchmarks/results/allocation_<tasks>_<steps>steps.jsonl and prints a markdown table (mean +- std over seeds of the
 validation loss after training, and the trainable parameters of each configuration).
 """
 from __future__ import annotations
@@ -29,9 +29,11 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=2, help="uniform LoRA rank that sets the budget")
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--out", default=None, help="JSON lines file (default: results/allocation_<tasks>_<steps>steps.jsonl)")
     args = parser.parse_args()
     from peft import get_peft_model
-    out = Path(__file__).parent / "results" / "allocation.jsonl"
+    out = Path(args.out) if args.out else (
+        Path(__file__).parent / "results" / f"allocation_{'_'.join(args.tasks)}_{args.steps}steps.jsonl")
     rows = []
     for task in args.tasks:
         model, tok = load_model("smollm2-135m")
