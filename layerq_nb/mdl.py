@@ -329,6 +329,19 @@ def _check_budget(name, target, lo, hi, what):
 
 # ----------------------------------------------------------------------------- public API
 
+def _allocation_terms(k, cost, beta, lower, upper):
+    """Program A's per-layer terms as checked (K,) arrays: cost > 0, beta > 0, lower <= upper, lower > -beta."""
+    cost = _per_layer("cost", cost, k, positive=True)
+    beta = _per_layer("beta", beta, k, positive=True)
+    lower = _per_layer("lower", lower, k)
+    upper = _per_layer("upper", upper, k, allow_inf=True)
+    _check_bounds(lower, upper)
+    if np.any(lower <= -beta):
+        i = np.flatnonzero(lower <= -beta)[0]
+        raise ValueError(f"lower[{i}] = {lower[i]} must be > -beta[{i}] = {-beta[i]} (log(1 + r/beta) undefined)")
+    return cost, beta, lower, upper
+
+
 def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer=False, tol=1e-12,
              method="bisection") -> Solution:
     """Capacity allocation, MDL program A (seed 003; DESIGN.md section 6).
@@ -346,14 +359,7 @@ def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer=Fal
     """
     q = normalise(q)
     k = q.size
-    cost = _per_layer("cost", cost, k, positive=True)
-    beta = _per_layer("beta", beta, k, positive=True)
-    lower = _per_layer("lower", lower, k)
-    upper = _per_layer("upper", upper, k, allow_inf=True)
-    _check_bounds(lower, upper)
-    if np.any(lower <= -beta):
-        i = np.flatnonzero(lower <= -beta)[0]
-        raise ValueError(f"lower[{i}] = {lower[i]} must be > -beta[{i}] = {-beta[i]} (log(1 + r/beta) undefined)")
+    cost, beta, lower, upper = _allocation_terms(k, cost, beta, lower, upper)
     budget = float(budget)
     if not np.isfinite(budget):
         raise ValueError(f"budget must be finite, got {budget}")
@@ -550,13 +556,7 @@ def allocate_batch(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Ba
                          "use allocate() for rows with zero scores")
     q = q / q.sum(axis=1, keepdims=True)
     n, k = q.shape
-    cost = _per_layer("cost", cost, k, positive=True)
-    beta = _per_layer("beta", beta, k, positive=True)
-    lower = _per_layer("lower", lower, k)
-    upper = _per_layer("upper", upper, k, allow_inf=True)
-    _check_bounds(lower, upper)
-    if np.any(lower <= -beta):
-        raise ValueError("lower must be > -beta in every layer (log(1 + r/beta) undefined)")
+    cost, beta, lower, upper = _allocation_terms(k, cost, beta, lower, upper)
     budget = np.broadcast_to(np.asarray(budget, dtype=float), (n,))
     lo, hi = float(cost @ lower), float(cost @ upper)
     if not np.all((budget > lo) & (budget < hi)):
