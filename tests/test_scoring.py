@@ -92,6 +92,49 @@ def test_padding_is_removed_before_reducing(tiny):
     assert factors.tokens == 48 + 30
 
 
+def test_sampled_labels_follow_the_model_distribution():
+    """Inverse-CDF sampling: frequencies over 40,000 positions match softmax(logits) within 5 sigma,
+    masked targets stay masked, and one block's draw does not depend on its batch-mates."""
+    from layerq_nb.tape import _sample_labels
+    logits = torch.tensor([2.0, 0.5, -1.0, 0.0, -30.0])
+    probs = torch.softmax(logits, 0)
+    logp = torch.log_softmax(logits, 0).expand(2, 20_000, 5)
+    labels = torch.zeros(2, 20_000, dtype=torch.long)
+    labels[1, :100] = IGNORE
+    drawn = _sample_labels(logp, labels, seeds=[3, 4])
+    assert (drawn[1, :100] == IGNORE).all()
+    kept = drawn[drawn != IGNORE]
+    freq = torch.bincount(kept, minlength=5).double() / kept.numel()
+    sigma = (probs.double() * (1 - probs.double()) / kept.numel()).sqrt()
+    assert ((freq - probs.double()).abs() <= 5 * sigma + 1e-12).all(), (freq, probs)
+    assert torch.equal(_sample_labels(logp[1:], labels[1:], seeds=[4]), drawn[1:])
+
+
+def test_reducers_do_not_depend_on_batching(tiny):
+    """The reducers add into their sums in place and reuse work buffers: one block per batch and
+    three per batch (uneven last batch) give the same gradient, K-FAC, diagonal and EK-FAC sums."""
+    from layerq_nb.tape import DiagonalFisher, EKFACCorrection, GradientSum, KFACFactors, run_tape
+    model, tok = tiny
+    blocks = load_task("code", tok, split="train", n_blocks=4, block_size=32)
+    states = []
+    for batch_size in (1, 3):
+        grads, factors, diag = GradientSum(), KFACFactors(), DiagonalFisher()
+        run_tape(model, blocks, [factors, diag], labels="sampled", reduction="sum", batch_size=batch_size,
+                 then=[([grads], "data", "mean")], progress=False)
+        bases = {k: (torch.linalg.eigh(factors.A(k))[1], torch.linalg.eigh(factors.state[("G", *k)])[1])
+                 for k in grads.state}
+        if states:   # the same eigenbases for both runs, so the EK-FAC sums are comparable
+            bases = states[0][3]
+        ek = EKFACCorrection(bases)
+        run_tape(model, blocks, [ek], labels="sampled", reduction="sum", batch_size=batch_size, progress=False)
+        states.append((grads.state, factors.state, diag.state, bases, ek.state))
+    for one, three in zip(states[0][:3] + states[0][4:], states[1][:3] + states[1][4:]):
+        assert one.keys() == three.keys()
+        for key in one:
+            # float32 sums in a different order: agree to 1e-5 of the statistic's own scale
+            torch.testing.assert_close(one[key], three[key], rtol=1e-4, atol=1e-5 * float(one[key].abs().max()))
+
+
 def test_identity_absolute_damping_one_is_the_squared_gradient_norm(tiny):
     model, tok = tiny
     blocks = load_task("prose", tok, split="train", n_blocks=2, block_size=64)
