@@ -3,14 +3,20 @@
     python benchmarks/bench_scoring.py [--blocks 4] [--block-size 256] [--shapes smollm2 qwen]
 Targets (DESIGN.md section 9): K-FAC <= 2x, EK-FAC <= 3.5x a plain forward+backward. The passes are
 timed apart from the factor eigendecompositions, which are a fixed cost per model, not per token.
-Writes benchmarks/results/scoring.jsonl and prints a markdown table.
+When kronfluence is importable (`pip install --no-deps kronfluence einops einconv opt_einsum`: its
+declared torchvision dependency would pull a CUDA torch), its factor fitting on the same tokens, batch
+size and true-Fisher setting is timed in the same run, phase by phase.
+Writes benchmarks/results/scoring_<shapes>.jsonl and prints markdown tables.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,6 +101,84 @@ def bench(name, model, blocks, batch_size, autocast, with_eigh, repeats=3):
     return row
 
 
+def kronfluence_fit(model, blocks, batch_size, repeats=3):
+    """kronfluence's factor fitting on the same blocks, phase by phase (best of `repeats`), as ratios to
+    the plain pass. kronfluence wraps the model's modules in place, so it works on a deep copy.
+
+    Same setting as ours: true Fisher (labels sampled from the model), summed next-token loss over the
+    unmasked targets, the 7 linear modules of every decoder layer, fp32 statistics, fp64 eigh."""
+    import torch.nn.functional as F
+    from kronfluence.analyzer import Analyzer, prepare_model
+    from kronfluence.arguments import FactorArguments
+    from kronfluence.task import Task
+
+    from layerq_nb.models import layers as find_layers
+    tracked = [f"{layer.name}.{m}" for layer in find_layers(model) for m in layer.linears]
+
+    class NextToken(Task):
+        def compute_train_loss(self, batch, model, sample=False):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()
+            labels = batch["labels"][:, 1:].reshape(-1)
+            if sample:
+                with torch.no_grad():
+                    drawn = torch.multinomial(torch.softmax(logits.detach(), -1), 1).flatten()
+                labels = torch.where(labels == -100, labels, drawn)
+            return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+        def compute_measurement(self, batch, model):
+            return self.compute_train_loss(batch, model)
+
+        def get_influence_tracked_modules(self):
+            return tracked
+
+        def get_attention_mask(self, batch):
+            return batch["attention_mask"]
+
+    device = next(model.parameters()).device
+    data = [{k: getattr(blocks, k)[i] for k in ("input_ids", "attention_mask", "labels")} for i in range(len(blocks))]
+    task = NextToken()
+    wrapped = prepare_model(copy.deepcopy(model), task)
+    best: dict = {}
+    with tempfile.TemporaryDirectory() as out:
+        analyzer = Analyzer(analysis_name="bench", model=wrapped, task=task, cpu=device.type == "cpu",
+                            disable_tqdm=True, output_dir=out)
+        common = dict(per_device_batch_size=batch_size, overwrite_output_dir=True)
+        for repeat in range(repeats):
+            # K-FAC's eigendecomposition is the same work as EK-FAC's: timed once, for EK-FAC, whose
+            # lambda pass needs it; like ours, it is a fixed cost per model
+            for strategy in ("kfac", "ekfac"):
+                args = FactorArguments(strategy=strategy)
+                phases = [("covariance", lambda: analyzer.fit_covariance_matrices(strategy, data, factor_args=args, **common))]
+                if strategy == "ekfac" and repeat == 0:
+                    phases.append(("eigh", lambda: analyzer.perform_eigendecomposition(strategy, factor_args=args,
+                                                                                       overwrite_output_dir=True)))
+                if strategy == "ekfac":
+                    phases.append(("lambda", lambda: analyzer.fit_lambda_matrices(strategy, data, factor_args=args, **common)))
+                for phase, fn in phases:
+                    seconds, _ = timed(fn, device)
+                    best[f"{strategy}_{phase}"] = min(best.get(f"{strategy}_{phase}", float("inf")), seconds)
+    del wrapped
+    return best
+
+
+def kronfluence_table(rows):
+    lines = ["| model | tokens | plain fwd+bwd | ours K-FAC (grads + factors) | kronfluence K-FAC covariance | "
+             "ours EK-FAC (passes) | kronfluence EK-FAC covariance + lambda | ours eigh | kronfluence eigh |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "kf_ekfac_lambda_s" not in r:
+            continue
+        plain = r["plain_s"]
+        ours_ek = f"{r['ratio_ekfac']:.2f}x" if "ratio_ekfac" in r else "-"
+        ours_eigh = f"{r['eigh_s']:.1f} s" if "eigh_s" in r else "-"
+        lines.append(f"| {r['model']} | {r['tokens']} | {plain:.2f} s | {r['ratio_kfac']:.2f}x | "
+                     f"{r['kf_kfac_covariance_s'] / plain:.2f}x | {ours_ek} | "
+                     f"{(r['kf_ekfac_covariance_s'] + r['kf_ekfac_lambda_s']) / plain:.2f}x | {ours_eigh} | "
+                     f"{r['kf_ekfac_eigh_s']:.1f} s |")
+    return "\n".join(lines)
+
+
 def table(rows):
     lines = ["| model | device | bf16 | tokens | plain fwd+bwd | gradients | gradients + diag | gradients + K-FAC | "
              "gradients + EK-FAC | eigh (fixed) |",
@@ -116,15 +200,21 @@ def main():
     parser.add_argument("--shapes", nargs="+", default=["smollm2", "qwen"])
     parser.add_argument("--bf16", action="store_true", help="also time with bf16 autocast")
     parser.add_argument("--repeats", type=int, default=3, help="timings per pass; the fastest is kept")
+    parser.add_argument("--no-kronfluence", action="store_true", help="skip kronfluence even when installed")
     args = parser.parse_args()
     model, tok = load_model("smollm2-135m")
     blocks = load_task("prose", tok, split="train", n_blocks=args.blocks, block_size=args.block_size)
+    with_kronfluence = not args.no_kronfluence and importlib.util.find_spec("kronfluence") is not None
     rows = []
     for autocast in ([False, True] if args.bf16 else [False]):
         if "smollm2" in args.shapes:
             rows.append(bench("SmolLM2-135M", model, blocks, args.batch_size, autocast, with_eigh=True,
                               repeats=args.repeats))
             print(table(rows[-1:]), flush=True)
+            if with_kronfluence and not autocast:
+                kf = kronfluence_fit(model, blocks, args.batch_size, repeats=args.repeats)
+                rows[-1].update({f"kf_{k}_s": v for k, v in kf.items()})
+                print(kronfluence_table(rows[-1:]), flush=True)
         if "qwen" in args.shapes:
             qwen = qwen_shaped().to(next(model.parameters()).device)
             cpu = next(model.parameters()).device.type == "cpu"   # 4864-wide eigh on 2 cores: minutes
@@ -132,10 +222,12 @@ def main():
                               repeats=args.repeats))
             print(table(rows[-1:]), flush=True)
             del qwen
-    out = Path(__file__).parent / "results" / "scoring.jsonl"
+    out = Path(__file__).parent / "results" / f"scoring_{'_'.join(args.shapes)}.jsonl"
     out.parent.mkdir(exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(table(rows))
+    if with_kronfluence:
+        print(kronfluence_table(rows))
 
 
 if __name__ == "__main__":
