@@ -23,7 +23,7 @@ from .models import weight_matrix, weights_restored
 from .scores import LayerScores
 from .tape import DiagonalFisher, EKFACCorrection, GradientSum, KFACFactors, all_reduce, run_tape
 
-__all__ = ["score", "layer_gradients", "module_solves", "newton_step", "NewtonStep"]
+__all__ = ["score", "layer_gradients", "module_solves", "newton_step", "NewtonStep", "loss_after_step"]
 
 METHODS = ("zeta2", "grad_norm")
 
@@ -179,6 +179,19 @@ class NewtonStep:
     scale: float            # the step taken was scale * Delta
 
 
+def loss_after_step(model, blocks: Blocks, layer: int, steps: dict, scale: float = 1.0, batch_size: int = 4) -> float:
+    """Mean loss L(theta - scale * step) on `blocks`, with the step applied to layer `layer`'s linear
+    modules alone (`steps` maps module name -> (d_out, d_in) tensor). The weights come back bit-identical."""
+    from .evaluate import mean_loss
+    target = find_layers(model)[layer]
+    with weights_restored(list(target.linears.values())):
+        with torch.no_grad():
+            for name, step in steps.items():
+                w = weight_matrix(target.linears[name])        # (d_out, d_in), a view of the parameter
+                w -= scale * step.to(w.dtype)
+        return mean_loss(model, blocks, batch_size=batch_size, progress=False)
+
+
 def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damping: float = 0.1,
                 damping_mode: str = "relative", scale: float = 1.0, batch_size: int = 4, seed: int = 0,
                 progress: bool = False) -> NewtonStep:
@@ -200,11 +213,6 @@ def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damp
     steps = {k: solves[k].solve(grads[k]) for k in keys}
     zeta2 = float(sum((grads[k].double() * steps[k].double()).sum() for k in keys))
     before = mean_loss(model, blocks, batch_size=batch_size, progress=False)
-    with weights_restored(list(target.linears.values())):
-        with torch.no_grad():
-            for (_, m), step in zip(keys, steps.values()):
-                w = weight_matrix(target.linears[m])           # (d_out, d_in), a view of the parameter
-                w -= scale * step.to(w.dtype)
-        after = mean_loss(model, blocks, batch_size=batch_size, progress=False)
+    after = loss_after_step(model, blocks, layer, {m: steps[(layer, m)] for m in target.linears}, scale, batch_size)
     return NewtonStep(layer=layer, zeta2=zeta2, predicted=(scale - scale**2 / 2) * zeta2, actual=before - after,
                       loss_before=before, loss_after=after, scale=scale)

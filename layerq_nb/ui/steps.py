@@ -155,12 +155,9 @@ def newton_line(model, blocks, layer: int, curvature: str = "kfac", damping: flo
     """Measure L(theta + t Delta) on `blocks` for each t; the quadratic model (with H~ in place of the
     Hessian) predicts L(theta) - (t - t^2/2) zeta^2, lowest at t = 1 with decrease zeta^2 / 2.
     Weights are restored after every step (also on errors)."""
-    import torch
-
     from ..evaluate import mean_loss
     from ..models import layers as find_layers
-    from ..models import weight_matrix, weights_restored
-    from ..scoring import module_solves
+    from ..scoring import loss_after_step, module_solves
     target = find_layers(model)[layer]
     solves, grads = module_solves(model, blocks, curvature, damping, only={layer}, gradients=True,
                                   batch_size=batch_size, seed=seed, progress=False)
@@ -168,14 +165,8 @@ def newton_line(model, blocks, layer: int, curvature: str = "kfac", damping: flo
     steps = {k: solves[k].solve(grads[k]) for k in keys}
     zeta2 = float(sum((grads[k].double() * steps[k].double()).sum() for k in keys))
     scales = np.asarray(scales, dtype=float)
-    losses = []
-    for t in scales:
-        with weights_restored(list(target.linears.values())):
-            with torch.no_grad():
-                for (_, m), step in steps.items():
-                    w = weight_matrix(target.linears[m])
-                    w -= float(t) * step.to(w.dtype)
-            losses.append(mean_loss(model, blocks, batch_size=batch_size, progress=False))
+    by_name = {m: step for (_, m), step in steps.items()}
+    losses = [loss_after_step(model, blocks, layer, by_name, float(t), batch_size) for t in scales]
     base = losses[int(np.flatnonzero(scales == 0)[0])] if np.any(scales == 0) else mean_loss(model, blocks, progress=False)
     return NewtonLine(layer=layer, curvature=curvature, zeta2=zeta2, scales=scales, loss=np.array(losses),
                       model=base - (scales - scales**2 / 2) * zeta2)
@@ -202,13 +193,8 @@ def damping_sweep(model, blocks, layer: int, curvature: str = "kfac", dampings=(
     k alone: the quadratic model predicts a decrease of zeta^2/2; the loss is measured (weights restored)."""
     import dataclasses
 
-    import torch
-
     from ..evaluate import mean_loss
-    from ..models import layers as find_layers
-    from ..models import weight_matrix, weights_restored
-    from ..scoring import module_solves
-    target = find_layers(model)[layer]
+    from ..scoring import loss_after_step, module_solves
     solves, grads = module_solves(model, blocks, curvature, 1.0, only={layer}, gradients=True,
                                   batch_size=batch_size, seed=seed, progress=False)
     before = mean_loss(model, blocks, batch_size=batch_size, progress=False)
@@ -220,12 +206,7 @@ def damping_sweep(model, blocks, layer: int, curvature: str = "kfac", dampings=(
             step = dataclasses.replace(solve, lam=float(damping) * mean_eig).solve(grads[(i, m)])
             z2 += float((grads[(i, m)].double() * step.double()).sum())
             deltas[m] = step
-        with weights_restored(list(target.linears.values())):
-            with torch.no_grad():
-                for m, step in deltas.items():
-                    w = weight_matrix(target.linears[m])
-                    w -= step.to(w.dtype)
-            actual.append(before - mean_loss(model, blocks, batch_size=batch_size, progress=False))
+        actual.append(before - loss_after_step(model, blocks, layer, deltas, 1.0, batch_size))
         predicted.append(z2 / 2)
     return DampingSweep(layer=layer, curvature=curvature, dampings=np.asarray(dampings, float),
                         predicted=np.array(predicted), actual=np.array(actual))
