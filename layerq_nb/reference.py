@@ -3,6 +3,15 @@
 The same programs as `layerq_nb.mdl`, stated as disciplined convex programs: the log terms become
 exponential cones, solved by Clarabel (interior point) by default with tightened tolerances, because
 its defaults leave ~1e-5 relative error in x on spiky q (DESIGN.md section 6). No torch.
+
+Even at its tightest, an interior-point solution is only as accurate as its duality gap allows: for an
+objective with curvature mu, gap eps leaves up to sqrt(2 eps / mu) in x, and flat layers (small q,
+large r) have small mu (measured: 3.8e-6 relative in x on an instance Clarabel calls optimal). So, as
+OSQP's `polish`, the reference refines the solver's answer: it takes the active set the solver found
+(layers at a bound), runs Newton's method on the equality-constrained problem over the free layers, and
+keeps the result only if it is feasible and the bound multipliers have the right signs; otherwise it
+returns the solver's x unchanged. The refinement uses the objective's gradient and Hessian only, not
+the closed form x(nu) of `mdl`, so the comparison stays independent. `x_solver` keeps the solver's own x.
 """
 from __future__ import annotations
 
@@ -29,6 +38,8 @@ class ReferenceSolution:
     status: str
     build_seconds: float
     solve_seconds: float
+    polished: bool = False            # x and nu come from the active-set Newton refinement
+    x_solver: np.ndarray | None = None   # the solver's own x, before refinement
 
 
 def _cvxpy():
@@ -87,7 +98,88 @@ def build_prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log"):
     return problem, s, budget_con, 0.0
 
 
-def _solve(built, solver, build_seconds):
+def _derivatives(kind, q, x, beta):
+    """Gradient and (diagonal) Hessian of the program written as a minimisation, and its domain."""
+    if kind == "allocate":            # - sum q log(beta + r)
+        return -q / (beta + x), q / (beta + x) ** 2, np.all(beta + x > 0)
+    if kind == "log":                 # - sum q log(1 - s)
+        return q / (1 - x), q / (1 - x) ** 2, np.all(x < 1)
+    return q * x, q, True             # sum q s^2 / 2
+
+
+def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
+    """Active-set Newton refinement: (x, nu) or None when the solver's active set does not certify.
+
+    Layers with q > 0 within 1e-7 of a bound are fixed there; on the free set F, Newton's method for
+    min F(x) s.t. w.x = target, whose KKT step with a diagonal Hessian h is
+    lam = -(r + w_F.(g/h)) / (w_F.(w_F/h)),  dx = -(g + lam w_F) / h   (r = target - w.x),
+    halving the step to stay in the domain. Accepted if x_F stays inside its bounds and each fixed
+    layer's multiplier g_k + lam w_k has the sign its bound needs (>= 0 at lower, <= 0 at upper).
+    nu = |lam|, the dual level of the budget in `mdl`'s convention.
+    """
+    x = np.clip(np.asarray(x, float), lower, upper)
+    pos = q > 0
+    near_lower = x <= lower + 1e-7 * np.maximum(1.0, np.abs(lower))
+    finite = np.isfinite(upper)
+    near_upper = np.zeros_like(finite)
+    near_upper[finite] = x[finite] >= upper[finite] - 1e-7 * np.maximum(1.0, np.abs(upper[finite]))
+    if np.any(~pos & ~near_lower & ~near_upper):
+        return _polish_flat(kind, q, x, weights, target, lower, upper, beta, ~pos & ~near_lower & ~near_upper)
+    at_lower = pos & near_lower
+    at_upper = pos & ~at_lower & near_upper
+    x = np.where(at_lower, lower, np.where(at_upper, upper, x))
+    free = pos & ~at_lower & ~at_upper
+    if not free.any():
+        return None
+    w = weights[free]
+    b = beta[free] if beta is not None else None
+    for _ in range(max_iter):
+        xf = x[free]
+        g, h, _ = _derivatives(kind, q[free], xf, b)
+        r = target - weights @ x
+        lam = -(r + w @ (g / h)) / (w @ (w / h))
+        dx = -(g + lam * w) / h
+        step = 1.0
+        while not _derivatives(kind, q[free], xf + step * dx, b)[2] and step > 1e-12:
+            step /= 2
+        x[free] = xf + step * dx
+        if np.max(np.abs(step * dx)) <= 1e-15 * max(1.0, float(np.max(np.abs(xf)))):
+            break
+    g_all, _, _ = _derivatives(kind, q, x, beta)
+    g, _, _ = _derivatives(kind, q[free], x[free], b)
+    lam = -float(np.mean((g / w)))             # stationarity on F: g_k + lam w_k = 0 for every free k
+    tol_x = 1e-12 * np.maximum(1.0, np.abs(x))
+    mult = g_all + lam * weights
+    scale = 1e-8 * float(np.max(np.abs(g_all[pos])))
+    ok = (np.all(x[free] >= lower[free] - tol_x[free]) and np.all(x[free] <= upper[free] + tol_x[free])
+          and np.all(mult[at_lower] >= -scale) and np.all(mult[at_upper] <= scale)
+          and abs(weights @ x - target) <= 1e-12 * max(1.0, abs(target)))
+    return (x, abs(lam)) if ok else None
+
+
+def _polish_flat(kind, q, x, weights, target, lower, upper, beta, movable):
+    """The solver left a zero-score layer strictly inside its bounds: its stationarity 0 + lam w_k = 0
+    forces lam = 0, so every scored layer sits at the bound its own gradient picks (lower where
+    g_k >= 0, upper where g_k < 0) and the zero-score layers absorb the rest of the budget (any split is
+    optimal: the objective is flat in them; each moves in proportion to its room towards the bound)."""
+    pos = q > 0
+    g, _, _ = _derivatives(kind, q, x, beta)
+    x = x.copy()
+    x[pos] = np.where(g[pos] >= 0, lower[pos], upper[pos])
+    if not np.all(np.isfinite(x)):
+        return None
+    rest = target - weights @ x
+    room = np.where(movable, (upper - x) if rest > 0 else (x - lower), 0.0)   # how far each may move
+    if np.isinf(room).any():
+        x += np.where(np.isinf(room), rest / (weights * np.isinf(room).sum()), 0.0)
+    elif weights @ room > 0:
+        x += room * (rest / (weights @ room))
+    ok = (np.all(x >= lower - 1e-12) and np.all(x <= upper + 1e-12)
+          and abs(weights @ x - target) <= 1e-12 * max(1.0, abs(target)))
+    return (x, 0.0) if ok else None
+
+
+def _solve(built, solver, build_seconds, polish=None):
     problem, x, budget_con, offset = built
     opts = TIGHT.get(solver, {})
     t0 = time.perf_counter()
@@ -99,19 +191,42 @@ def _solve(built, solver, build_seconds):
         raise RuntimeError(f"cvxpy ({solver}) found no solution: status {problem.status}")
     # cvxpy's dual of an equality constraint follows its own sign convention; the KKT level nu >= 0
     nu = abs(float(np.atleast_1d(budget_con.dual_value)[0]))
-    return ReferenceSolution(x=np.asarray(x.value, float), nu=nu, objective=float(problem.value) - offset,
-                             status=str(problem.status), build_seconds=build_seconds, solve_seconds=solve_seconds)
+    x_solver = np.asarray(x.value, float)
+    objective = float(problem.value) - offset
+    refined = polish(x_solver) if polish is not None else None
+    if refined is not None:
+        x_best, nu, objective = refined
+    return ReferenceSolution(x=x_best if refined is not None else x_solver, nu=nu, objective=objective,
+                             status=str(problem.status), build_seconds=build_seconds, solve_seconds=solve_seconds,
+                             polished=refined is not None, x_solver=x_solver)
 
 
-def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, solver="CLARABEL") -> ReferenceSolution:
-    """Reference for `mdl.allocate` (program A), solved by cvxpy."""
+def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, solver="CLARABEL",
+             polish=True) -> ReferenceSolution:
+    """Reference for `mdl.allocate` (program A), solved by cvxpy (refined by `_polish` unless polish=False)."""
     t0 = time.perf_counter()
     built = build_allocation(q, budget, cost, beta, lower, upper)
-    return _solve(built, solver, time.perf_counter() - t0)
+    q = normalise(q)
+    cost, beta, lower, upper = (_broadcast(v, q.size) for v in (cost, beta, lower, upper))
+
+    def refine(x):
+        out = _polish("allocate", q, x, cost, float(budget), lower, upper, beta=beta)
+        return out and (*out, float(np.sum(q * np.log1p(out[0] / beta))))
+    return _solve(built, solver, time.perf_counter() - t0, refine if polish else None)
 
 
-def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", solver="CLARABEL") -> ReferenceSolution:
-    """Reference for `mdl.prune` (program B), solved by cvxpy."""
+def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", solver="CLARABEL",
+          polish=True) -> ReferenceSolution:
+    """Reference for `mdl.prune` (program B), solved by cvxpy (refined by `_polish` unless polish=False)."""
     t0 = time.perf_counter()
     built = build_prune(q, sparsity, sizes, lower, upper, penalty)
-    return _solve(built, solver, time.perf_counter() - t0)
+    q = normalise(q)
+    sizes, lower, upper = (_broadcast(v, q.size) for v in (sizes, lower, upper))
+
+    def refine(x):
+        out = _polish(penalty, q, x, sizes, float(sparsity) * float(sizes.sum()), lower, upper)
+        if out is None:
+            return None
+        cost = -np.sum(q * np.log1p(-out[0])) if penalty == "log" else np.sum(q * out[0] ** 2 / 2)
+        return (*out, float(cost))
+    return _solve(built, solver, time.perf_counter() - t0, refine if polish else None)
