@@ -264,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--damping-mode", default="relative", choices=["relative", "absolute"])
     sc.add_argument("--fisher", default="sampled", choices=["sampled", "empirical"])
     sc.add_argument("--granularity", default="block", choices=["block", "module"])
-    sc.add_argument("--batch-size", type=int, default=4, help="blocks per pass (default: %(default)s)")
+    sc.add_argument("--batch-size", type=int, default=1,
+                    help="blocks per pass (default: %(default)s, as scoring.BATCH_SIZE: no slower on CPU and "
+                         "under 4 GiB for SmolLM2 EK-FAC; raise it on a GPU)")
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--out", default=None, help="write the LayerScores as JSON here")
     sc.set_defaults(func=cmd_score)

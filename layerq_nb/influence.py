@@ -25,7 +25,7 @@ import torch
 from .data import Blocks
 from .models import layers as find_layers
 from .scores import LayerScores
-from .scoring import _shard, module_solves
+from .scoring import BATCH_SIZE, _shard, module_solves
 from .tape import GradientSum, Reducer, all_reduce, run_tape
 
 __all__ = ["Influence", "layer_influence", "PARAMS", "AGGREGATIONS"]
@@ -89,7 +89,7 @@ class Influence:
 
 def layer_influence(model, train: Blocks, validation: Blocks, curvature: str = "kfac", damping: float = 0.1,
                     damping_mode: str = "relative", params: str = "block", fisher: str = "sampled",
-                    batch_size: int = 4, seed: int = 0, progress: bool = True) -> Influence:
+                    batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True) -> Influence:
     """The (training blocks x layers) LayerIF matrix.
 
     Passes: curvature statistics on `train` (one or two, see `scoring.module_solves`), the summed

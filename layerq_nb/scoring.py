@@ -27,6 +27,11 @@ __all__ = ["score", "layer_gradients", "module_solves", "newton_step", "NewtonSt
 
 METHODS = ("zeta2", "grad_norm")
 
+# Blocks per forward/backward pass of the scoring passes. On CPU one block per pass costs no time
+# (SmolLM2 EK-FAC scoring of 2,048 tokens: 67 s at 1, 71 s at 4) and keeps the peak memory under
+# 4 GiB (3.6 GiB at 1, 6.2 GiB at 4: benchmarks/bench_memory.py); on a GPU pass a larger batch_size.
+BATCH_SIZE = 1
+
 
 def _shard(blocks: Blocks):
     """This process's blocks and their global indices (all of them outside torch.distributed)."""
@@ -43,7 +48,7 @@ def _param_shaped(module, matrix):
     return matrix if weight_matrix(module) is module.weight else matrix.T
 
 
-def layer_gradients(model, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> dict:
+def layer_gradients(model, blocks: Blocks, batch_size: int = BATCH_SIZE, progress: bool = True) -> dict:
     """g per (layer, module): the weight gradient of the mean loss over all of the blocks' targets."""
     shard, ids = _shard(blocks)
     grads = GradientSum()
@@ -54,7 +59,7 @@ def layer_gradients(model, blocks: Blocks, batch_size: int = 4, progress: bool =
 
 
 def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float = 0.1,
-                  damping_mode: str = "relative", fisher: str = "sampled", batch_size: int = 4, seed: int = 0,
+                  damping_mode: str = "relative", fisher: str = "sampled", batch_size: int = BATCH_SIZE, seed: int = 0,
                   progress: bool = True, only=None, gradients: bool = False):
     """(H + lam I)^-1 per (layer, module) for the factored curvatures: identity, diag, kfac, ekfac.
     `only`: layer indices to build (default all). `gradients=True` also returns the layer gradients,
@@ -90,25 +95,27 @@ def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float
     factors = first
     tokens = factors.tokens
     eigen, input_eigen = {}, {}
+    # memory: each factor is dropped once decomposed, and EK-FAC never forms K-FAC's eigenvalue grid
+    # (measured on SmolLM2: 1.1 GB of factors and 0.4 GB of grid, against a 4 GiB budget)
     for k in keys:
         owner = factors.a_owner[k]          # q/k/v (and gate/up) share one A: decompose it once
         if owner not in input_eigen:
-            input_eigen[owner] = curv.symmetric_eigen(factors.A(k) / tokens)
+            input_eigen[owner] = curv.symmetric_eigen(factors.state.pop(("A", *owner)) / tokens)
         alpha, q_a = input_eigen[owner]
-        gamma, q_g = curv.symmetric_eigen(factors.state[("G", *k)] / n)
-        eigen[k] = (torch.outer(gamma, alpha), q_a, q_g)
+        gamma, q_g = curv.symmetric_eigen(factors.state.pop(("G", *k)) / n)
+        eigen[k] = (torch.outer(gamma, alpha) if curvature == "kfac" else None, q_a, q_g)
     if curvature == "ekfac":
         corr = EKFACCorrection({k: (q_a, q_g) for k, (_, q_a, q_g) in eigen.items()})
         run_tape(model, shard, [corr], desc="EK-FAC corrections", **tape)
         all_reduce([corr])
-        eigen = {k: (corr.state[k] / n, q_a, q_g) for k, (_, q_a, q_g) in eigen.items()}
+        eigen = {k: (corr.state[k].div_(n), q_a, q_g) for k, (_, q_a, q_g) in eigen.items()}
     return done({k: curv.ModuleSolve(eig=e, lam=curv.damping_level(damping, damping_mode, float(e.mean())),
                                      q_a=q_a, q_g=q_g) for k, (e, q_a, q_g) in eigen.items()})
 
 
 def score(model, blocks: Blocks, method: str = "zeta2", curvature: str = "kfac", damping: float = 0.1,
           damping_mode: str = "relative", granularity: str = "block", fisher: str = "sampled",
-          batch_size: int = 4, seed: int = 0, progress: bool = True, max_dense: int = 1024) -> LayerScores:
+          batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True, max_dense: int = 1024) -> LayerScores:
     """Layer scores: zeta_k^2 = sum over the layer's modules of g^T (H + lam I)^-1 g, or ||g_k||^2.
 
     curvature: identity | diag | kfac | ekfac (block diagonal over a layer's modules) or exact (the
@@ -193,7 +200,7 @@ def loss_after_step(model, blocks: Blocks, layer: int, steps: dict, scale: float
 
 
 def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damping: float = 0.1,
-                damping_mode: str = "relative", scale: float = 1.0, batch_size: int = 4, seed: int = 0,
+                damping_mode: str = "relative", scale: float = 1.0, batch_size: int = BATCH_SIZE, seed: int = 0,
                 progress: bool = False) -> NewtonStep:
     """Take Delta = -scale H~_kk^-1 g_k on layer k alone; compare the predicted and the actual decrease.
 

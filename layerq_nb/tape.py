@@ -252,8 +252,10 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
             with ctx:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             targets = batch["labels"][:, 1:]
-            # one log-softmax over the vocabulary, along contiguous rows, shared by every phase's loss
+            # one log-softmax over the vocabulary, along contiguous rows, shared by every phase's loss;
+            # its backward needs only its output, so the (B, T, V) logits are freed at once
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            del logits
             per_block_targets = (targets != IGNORE).sum(1).clamp(min=1)
             nll = _token_nll(logp, targets)
             total += float(nll.detach().sum())

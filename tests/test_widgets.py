@@ -198,7 +198,9 @@ def test_pruning_widget_masks_and_evaluates(tiny, tiny_train):
     assert w.heatmap.cells.mean() == pytest.approx(1 - mask.float().mean().item(), abs=1e-6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     row = w.evaluate()
-    assert row["perplexity"] > 1 and row["achieved"] == pytest.approx(0.6, abs=0.01)
+    # Wanda keeps floor(s_k d_in) per row, so each matrix may fall short by up to one weight per row
+    narrowest = min(weight_matrix(m).shape[1] for layer in layers(model) for m in layer.linears.values())
+    assert row["perplexity"] > 1 and 0.6 - 1 / narrowest <= row["achieved"] <= 0.6 + 1e-9
     assert all((model.state_dict()[k] == v).all() for k, v in before.items())
     w.method.value = "magnitude"
     w.evaluate(background=True)
@@ -229,4 +231,5 @@ def test_damping_sweep_equals_newton_steps(tiny, tiny_train):
     sweep = steps.damping_sweep(model, tiny_train, layer=2, curvature="ekfac", dampings=(0.5, 5.0))
     for d, pred, act in zip(sweep.dampings, sweep.predicted, sweep.actual):
         ref = lq.newton_step(model, tiny_train, layer=2, curvature="ekfac", damping=d)
-        assert pred == pytest.approx(ref.predicted, rel=1e-6) and act == pytest.approx(ref.actual, rel=1e-6, abs=1e-9)
+        # act is a difference of two float32 mean losses (~5.5): their rounding is ~1e-7 absolute
+        assert pred == pytest.approx(ref.predicted, rel=1e-6) and act == pytest.approx(ref.actual, rel=1e-6, abs=1e-6)

@@ -17,7 +17,7 @@ __all__ = ["GradientIsolation", "Curvature", "Pruning"]
 class GradientIsolation(Stepper):
     """forward -> loss -> backward -> isolate g_k: pick a layer on the stack to see its modules."""
 
-    def __init__(self, model, blocks, batch_size: int = 4):
+    def __init__(self, model, blocks, batch_size: int = 1):
         self.result = r = gradient_isolation(model, blocks, batch_size=batch_size)
         self.stack = LayerStack(r.names, r.layer_norm2, label="||g_k||^2 per layer")
         self.stack.observe(lambda _: self.redraw(), names="selected")
@@ -56,7 +56,7 @@ class Curvature(Stepper):
     """Factor spectra, damping, zeta^2 under several curvatures side by side, and the Newton step."""
 
     def __init__(self, model, blocks, layers=None, curvatures=("identity", "diag", "kfac", "ekfac"), exact: bool = False,
-                 batch_size: int = 4):
+                 batch_size: int = 1):
         self.model, self.blocks, self.batch_size = model, blocks, batch_size
         self.study = s = curvature_study(model, blocks, layers=layers, curvatures=curvatures, exact=exact,
                                          batch_size=batch_size)
@@ -180,7 +180,7 @@ class Pruning(widgets.VBox):
     """
 
     def __init__(self, model, calibration, evaluation, maps: dict | None = None, sparsity: float = 0.5,
-                 batch_size: int = 4):
+                 batch_size: int = 1):
         from ..models import layers
         from ..pruning import layer_sizes
         self.model, self.calibration, self.evaluation, self.batch_size = model, calibration, evaluation, batch_size

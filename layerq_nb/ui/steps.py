@@ -41,7 +41,7 @@ class Isolation:
         return float(self.layer_norm2[layer] / self.total_norm2)
 
 
-def gradient_isolation(model, blocks, batch_size: int = 4) -> Isolation:
+def gradient_isolation(model, blocks, batch_size: int = 1) -> Isolation:
     """L = mean NLL; g = dL/dtheta by one backward pass; g_k = the block of g on layer k's linear
     weights (seed 003, section 3: gradient isolation)."""
     from ..evaluate import mean_loss
@@ -87,7 +87,7 @@ def _quantiles(values, n: int = 200) -> np.ndarray:
 
 def curvature_study(model, blocks, layers=None, curvatures=("identity", "diag", "kfac", "ekfac"),
                     dampings=DAMPINGS, exact: bool = False, exact_damping: float = 0.1, spectrum_module: str | None = None,
-                    batch_size: int = 4, seed: int = 0, progress: bool = False) -> CurvatureStudy:
+                    batch_size: int = 1, seed: int = 0, progress: bool = False) -> CurvatureStudy:
     """zeta^2 under each curvature at every damping of the grid, from one statistics pass per curvature.
 
     In the eigenbasis of H~ = Q diag(e) Q^T: zeta^2(lam) = sum_i (Q^T g)_i^2 / (e_i + lam), so the
@@ -151,7 +151,7 @@ class NewtonLine:
 
 
 def newton_line(model, blocks, layer: int, curvature: str = "kfac", damping: float = 0.1,
-                scales=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), batch_size: int = 4, seed: int = 0) -> NewtonLine:
+                scales=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), batch_size: int = 1, seed: int = 0) -> NewtonLine:
     """Measure L(theta + t Delta) on `blocks` for each t; the quadratic model (with H~ in place of the
     Hessian) predicts L(theta) - (t - t^2/2) zeta^2, lowest at t = 1 with decrease zeta^2 / 2.
     Weights are restored after every step (also on errors)."""
@@ -188,7 +188,7 @@ class DampingSweep:
 
 
 def damping_sweep(model, blocks, layer: int, curvature: str = "kfac", dampings=(1.0, 1e2, 1e4),
-                  batch_size: int = 4, seed: int = 0) -> DampingSweep:
+                  batch_size: int = 1, seed: int = 0) -> DampingSweep:
     """One curvature fit, then for each relative damping the step Delta = -(H~ + lam I)^-1 g_k on layer
     k alone: the quadratic model predicts a decrease of zeta^2/2; the loss is measured (weights restored)."""
     import dataclasses
