@@ -3,8 +3,8 @@
     python benchmarks/bench_scoring.py [--blocks 4] [--block-size 256] [--shapes smollm2 qwen]
 Targets (DESIGN.md section 9): K-FAC <= 2x, EK-FAC <= 3.5x a plain forward+backward. The passes are
 timed apart from the factor eigendecompositions, which are a fixed cost per model, not per token.
-When kronfluence is importable (`pip install --no-deps kronfluence einops einconv opt_einsum`: its
-declared torchvision dependency would pull a CUDA torch), its factor fitting on the same tokens, batch
+When kronfluence is importable (`pip install -e ".[kronfluence]" torch==2.13.0`: naming the installed
+torch keeps pip from upgrading it to a CUDA build for torchvision), its factor fitting on the same tokens, batch
 size and true-Fisher setting is timed in the same run, phase by phase.
 Writes benchmarks/results/scoring_<shapes>.jsonl and prints markdown tables.
 """
