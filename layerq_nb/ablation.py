@@ -10,11 +10,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import shapley
 from .data import IGNORE, Blocks
+from .evaluate import token_nll
 from .models import block_input
 from .models import layers as find_layers
 from .scores import LayerScores
@@ -85,7 +85,7 @@ def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np
         with _row_masks(model, rows):
             logits = model(input_ids=ids.repeat(reps, 1), attention_mask=mask.repeat(reps, 1), use_cache=False).logits
         target = labels.repeat(reps, 1)[:, 1:]
-        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), target, ignore_index=IGNORE, reduction="none")
+        nll = token_nll(logits[:, :-1], target)
         per_coalition = nll.reshape(reps, -1).sum(1) / (target != IGNORE).reshape(reps, -1).sum(1)
         out.extend(per_coalition.tolist())
     return np.array(out)

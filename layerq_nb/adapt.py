@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import mdl
-from .data import Blocks
+from .data import IGNORE, Blocks
+from .evaluate import token_nll
 from .models import layers as find_layers
 from .models import weight_matrix
 from .scores import LayerScores
@@ -253,7 +253,8 @@ def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: floa
             batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100)
+            targets = batch["labels"][:, 1:]
+            loss = token_nll(logits[:, :-1], targets).sum() / (targets != IGNORE).sum().clamp(min=1)
             total = loss + aux_weight * aux.aux_loss() if aux is not None else loss
             opt.zero_grad(set_to_none=True)
             total.backward()

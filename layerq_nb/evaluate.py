@@ -8,7 +8,16 @@ from tqdm.auto import tqdm
 
 from .data import IGNORE, Blocks
 
-__all__ = ["mean_loss", "perplexity", "generate"]
+__all__ = ["token_nll", "mean_loss", "perplexity", "generate"]
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(B, T) next-token NLL -log p(y_t), 0 where the target is masked. The cross-entropy runs over
+    contiguous (B*T, V) rows: the (B, V, T) layout that `cross_entropy` wants for 3-d input takes its
+    log-softmax along a strided axis, several times slower on CPU at V = 49k."""
+    b, t, v = logits.shape
+    return torch.nn.functional.cross_entropy(logits.reshape(b * t, v).float(), targets.reshape(-1),
+                                             ignore_index=IGNORE, reduction="none").view(b, t)
 
 
 def _check_context(model, blocks: Blocks):

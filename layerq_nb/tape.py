@@ -26,7 +26,6 @@ import contextlib
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import IGNORE, Blocks
@@ -47,6 +46,7 @@ class Reducer:
     def __init__(self):
         self.state: dict[tuple[int, str], torch.Tensor] = {}
         self.tokens = 0
+        self._scratch: dict = {}
 
     def begin_batch(self, n_tokens: int):
         self.tokens += n_tokens
@@ -68,11 +68,10 @@ class Reducer:
 
     def scratch(self, name, shape, like: torch.Tensor) -> torch.Tensor:
         """A reusable work buffer (same reason as `total`): valid until the next call with this name/shape."""
-        buffers = self.__dict__.setdefault("_scratch", {})
         key = (name, tuple(shape), like.dtype, like.device)
-        if key not in buffers:
-            buffers[key] = like.new_empty(shape)
-        return buffers[key]
+        if key not in self._scratch:
+            self._scratch[key] = like.new_empty(shape)
+        return self._scratch[key]
 
     def update(self, key, a, b, shared, bounds):   # pragma: no cover - interface
         """a (T, d_in), b (T, d_out) for the batch's unpadded tokens; bounds[i]:bounds[i+1] are block i's rows."""
