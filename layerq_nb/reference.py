@@ -146,8 +146,7 @@ def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
         if np.max(np.abs(step * dx)) <= 1e-15 * max(1.0, float(np.max(np.abs(xf)))):
             break
     g_all, _, _ = _derivatives(kind, q, x, beta)
-    g, _, _ = _derivatives(kind, q[free], x[free], b)
-    lam = -float(np.mean((g / w)))             # stationarity on F: g_k + lam w_k = 0 for every free k
+    lam = -float(np.mean(g_all[free] / w))     # stationarity on F: g_k + lam w_k = 0 for every free k
     tol_x = 1e-12 * np.maximum(1.0, np.abs(x))
     mult = g_all + lam * weights
     scale = 1e-8 * float(np.max(np.abs(g_all[pos])))
@@ -211,7 +210,9 @@ def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, solver="CLA
 
     def refine(x):
         out = _polish("allocate", q, x, cost, float(budget), lower, upper, beta=beta)
-        return out and (*out, float(np.sum(q * np.log1p(out[0] / beta))))
+        if out is None:
+            return None
+        return (*out, float(np.sum(q * np.log1p(out[0] / beta))))
     return _solve(built, solver, time.perf_counter() - t0, refine if polish else None)
 
 
