@@ -10,6 +10,13 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))   # tests/strategies.py
 
 
+@pytest.fixture(autouse=True)
+def learner_mode(monkeypatch):
+    """Python tests call the exercise checks as a learner would (the root conftest makes notebooks blank)."""
+    monkeypatch.setenv("LAYERQ_EXERCISES", "learn")
+    monkeypatch.delenv("LAYERQ_SOLVE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def real():
     """(model, tokenizer) of the real SmolLM2-135M-Instruct, from the cache or the shipped GGUF."""

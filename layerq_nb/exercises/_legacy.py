@@ -15,7 +15,7 @@ __all__ = [
     "check_layer_count", "check_perplexity", "check_layer_grad_norms", "check_largest_layer", "check_zeta2",
     "check_quadratic_decrease", "check_shapley", "check_cornerstones", "check_allocation_at", "check_dual_level",
     "check_magnitude_mask", "check_most_pruned", "check_delta", "check_slope", "check_shard", "check_bf16_bytes",
-    "solution", "SOLUTIONS",
+    "SOLUTIONS",
 ]
 
 
@@ -57,7 +57,7 @@ def _call(fn, *args):
 
 def check_layer_count(n_layers, params_per_layer, model) -> Verdict:
     """00.1: the number of decoder layers and the weights of one layer's linear maps."""
-    from .models import layers
+    from ..models import layers
     found = layers(model)
     if _unanswered(n_layers, "len(lq.layers(model)); a Layer has .n_params"):
         return Verdict(False)
@@ -185,7 +185,7 @@ def check_cornerstones(layers_list, result, fraction: float = 0.5) -> Verdict:
 
 def check_allocation_at(fn) -> Verdict:
     """04.1: fn(nu, q, c, beta, lower, upper) -> r(nu) = clip(q/(nu c) - beta, lower, upper)."""
-    from .mdl import allocate
+    from ..mdl import allocate
     if _unanswered(fn, "set d/dr_k of the Lagrangian to zero: q_k / (beta_k + r_k) = nu c_k, then clip"):
         return Verdict(False)
     q, c, beta = np.array([0.1, 0.3, 0.6]), np.array([1.0, 2.0, 1.0]), np.array([1.0, 0.5, 2.0])
@@ -201,7 +201,7 @@ def check_allocation_at(fn) -> Verdict:
 
 def check_dual_level(nu, q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Verdict:
     """04.2: the nu at which the spend sum_k c_k r_k(nu) equals the budget."""
-    from .mdl import allocate, budget_curve
+    from ..mdl import allocate, budget_curve
     if _unanswered(nu, "bisect on nu: the spend falls as nu rises"):
         return Verdict(False)
     sol = allocate(q, budget, cost=cost, beta=beta, lower=lower, upper=upper)
@@ -237,7 +237,7 @@ def check_magnitude_mask(fn) -> Verdict:
 
 def check_most_pruned(k, q, sparsity, sizes) -> Verdict:
     """05.2: which layer the MDL map (program B) prunes most."""
-    from .mdl import prune
+    from ..mdl import prune
     if _unanswered(k, "s_k = 1 - q_k / (nu n_k): the smallest gain per weight is pruned most"):
         return Verdict(False)
     s = prune(q, sparsity, sizes=sizes).x
@@ -250,7 +250,7 @@ def check_most_pruned(k, q, sparsity, sizes) -> Verdict:
 
 def check_delta(value, q_source, q_target) -> Verdict:
     """06.1: delta = ||q_T - q_S||_2 on the simplex (normalise first)."""
-    from .mdl import normalise
+    from ..mdl import normalise
     if _unanswered(value, "normalise both score vectors to sum 1, then the Euclidean norm of the difference"):
         return Verdict(False)
     expected = float(np.linalg.norm(normalise(q_target) - normalise(q_source)))
@@ -317,7 +317,7 @@ SOLUTIONS = {
 }
 
 
-def solution(key: str):
+def _legacy_solution(key: str):
     """A 'Show solution' button for exercise `key` (e.g. "02.1"); the code appears only when pressed."""
     import ipywidgets as widgets
     if key not in SOLUTIONS:

@@ -1,0 +1,61 @@
+"""The tutorials' exercises: `ex.check("04.1", allocation_at)` runs the learner's answer on hidden
+instances against the package's own implementation and says what differs; `ex.hint("04.1")` and
+`ex.solution("04.1")` reveal help behind buttons. One module per notebook (`nb00` .. `nb07`) holds its
+checks; the worked solutions live apart, in `solutions/`, so a student edition can leave them out.
+
+Modes (`LAYERQ_EXERCISES`): learn (default), solve (`LAYERQ_SOLVE=1`: run each shipped solution in the
+notebook's own namespace, and fail if it does not pass), blank (every check must find no answer).
+"""
+from __future__ import annotations
+
+import importlib
+
+from ._core import (REGISTRY, RESULTS, Exercise, Mismatch, NotAnswered, Verdict, call, check, close, equal,
+                    exercise, get, instance_rng, mode, progress, run_solution)
+from ._legacy import *  # noqa: F401,F403  (number-only checks not yet moved to their notebook's module)
+from ._legacy import SOLUTIONS as _LEGACY_SOLUTIONS
+from .reveal import hint, solution
+
+__all__ = ["check", "hint", "solution", "progress", "exercises", "solution_code", "Exercise", "Verdict",
+           "Mismatch", "NotAnswered", "exercise", "call", "close", "equal", "instance_rng", "mode"]
+
+NOTEBOOKS = tuple(f"{i:02d}" for i in range(8))
+
+
+def load_notebook(notebook: str) -> None:
+    """Import the checks of notebook `notebook` ("04") so its exercises are registered."""
+    notebook = str(notebook).zfill(2)
+    if notebook not in NOTEBOOKS:
+        raise KeyError(f"no notebook {notebook!r}: choose one of {', '.join(NOTEBOOKS)}")
+    try:
+        importlib.import_module(f".nb{notebook}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.nb{notebook}":
+            raise
+
+
+def exercises(notebook: str | None = None) -> list[Exercise]:
+    """Every registered exercise (optionally of one notebook), in order."""
+    for nb in NOTEBOOKS if notebook is None else (str(notebook).zfill(2),):
+        load_notebook(nb)
+    return [REGISTRY[k] for k in sorted(REGISTRY, key=lambda k: tuple(int(p) for p in k.split(".")))
+            if notebook is None or REGISTRY[k].notebook == str(notebook).zfill(2)]
+
+
+def solution_code(key: str) -> str:
+    """The worked solution of exercise `key` as code, from `solutions/nbNN.py`."""
+    notebook = key.split(".")[0]
+    try:
+        module = importlib.import_module(f".solutions.nb{notebook}", __name__)
+    except ModuleNotFoundError as error:
+        if error.name not in (f"{__name__}.solutions", f"{__name__}.solutions.nb{notebook}"):
+            raise
+        module = None
+    table = getattr(module, "SOLUTIONS", {})
+    if key in table:
+        return table[key].strip("\n")
+    if key in _LEGACY_SOLUTIONS:
+        return _LEGACY_SOLUTIONS[key]
+    if module is None and not _LEGACY_SOLUTIONS:
+        raise LookupError("this edition of layerq_nb ships no solutions: ask your instructor")
+    raise KeyError(f"no solution for exercise {key!r}")
