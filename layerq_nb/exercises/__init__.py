@@ -11,12 +11,12 @@ from __future__ import annotations
 import importlib
 
 from ._core import (REGISTRY, RESULTS, Exercise, Mismatch, NotAnswered, Verdict, call, check, close, equal,
-                    exercise, get, instance_rng, mode, progress, run_solution)
+                    exercise, get, instance_rng, mode, passed, progress, run_solution)
 from ._legacy import *  # noqa: F401,F403  (number-only checks not yet moved to their notebook's module)
 from ._legacy import SOLUTIONS as _LEGACY_SOLUTIONS
 from .reveal import hint, solution
 
-__all__ = ["check", "hint", "solution", "progress", "exercises", "solution_code", "Exercise", "Verdict",
+__all__ = ["check", "hint", "solution", "passed", "progress", "exercises", "solution_code", "Exercise", "Verdict",
            "Mismatch", "NotAnswered", "exercise", "call", "close", "equal", "instance_rng", "mode"]
 
 NOTEBOOKS = tuple(f"{i:02d}" for i in range(8))

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 __all__ = ["Exercise", "Verdict", "Mismatch", "NotAnswered", "exercise", "check", "call", "close", "equal",
-           "instance_rng", "mode", "REGISTRY", "RESULTS"]
+           "instance_rng", "mode", "passed", "progress", "REGISTRY", "RESULTS"]
 
 MODES = ("learn", "solve", "blank")
 POINTS = {"build": 3, "number": 1}       # building a stage weighs more than reading off a number
@@ -275,6 +275,13 @@ def _show(ex: Exercise, verdict: Verdict) -> None:
     if ex.hints:
         from .reveal import show_hint_button
         show_hint_button(ex)
+
+
+def passed(key: str) -> bool:
+    """Whether exercise `key` passed in this kernel: later cells use the learner's code only then, and
+    fall back to the package's own otherwise (so a notebook with blank exercises still runs)."""
+    verdict = RESULTS.get(key)
+    return verdict is not None and bool(verdict)
 
 
 def progress(notebook: str | None = None) -> list[Verdict]:
