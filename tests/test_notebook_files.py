@@ -1,5 +1,7 @@
 """The tutorials as files: eight of them, each saying what it needs, with a FAST parameters cell, at least
-two checked exercises with hidden solutions, no committed outputs, and the %layerq magic can find them."""
+objectives, prerequisites and times,
+at least two build-it exercises checked once each with their solution buttons, LaTeX and citations, a
+closing summary with questions, no committed outputs, and the %layerq magic can find them."""
 from __future__ import annotations
 
 import json
@@ -15,19 +17,54 @@ def test_eight_tutorials():
     assert [p.name[:2] for p in NOTEBOOKS] == [f"{i:02d}" for i in range(8)]
 
 
+def _cells(path):
+    return json.loads(path.read_text())["cells"]
+
+
+def _text(cells, kind):
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == kind)
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_tutorial_shape(path):
-    nb = json.loads(path.read_text())
-    cells = nb["cells"]
-    assert cells[0]["cell_type"] == "markdown" and "**Needs:**" in "".join(cells[0]["source"])
+    cells = _cells(path)
+    head = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and head.startswith(f"# {path.name[:2]} ")
+    for part in ("**You will:**", "**Prerequisites:**", "**Time:**", "**Needs:**"):
+        assert part in head, f"the first cell says {part}"
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and 'os.environ.get("LAYERQ_FAST"' in "".join(params[0]["source"])
-    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
-    checks = re.findall(r"ex\.check_\w+\(", code)
-    solutions = re.findall(r'ex\.solution\("(\d\d\.\d)"\)', code)
-    assert len(checks) >= 2 and len(solutions) >= 2 and all(s.startswith(path.name[:2]) for s in solutions)
+    code = _text(cells, "code")
     assert "smollm2-135m" in code and "tiny-llama" not in code           # the real model in both modes
     assert all(not c.get("outputs") for c in cells if c["cell_type"] == "code"), "commit notebooks stripped"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_exercises_are_checked_once_each(path):
+    from layerq_nb import exercises as ex
+    code = _text(_cells(path), "code")
+    own = ex.exercises(path.name[:2])
+    assert sum(e.kind == "build" for e in own) >= 2
+    for e in own:
+        assert code.count(f'ex.check("{e.key}"') == 1, f"{e.key} is checked once in its notebook"
+        assert code.count(f'ex.solution("{e.key}")') == 1, f"{e.key} has its solution button"
+    checked = set(re.findall(r'ex\.check\("(\d\d\.\d+)"', code))
+    assert checked == {e.key for e in own}, "every check in the notebook is a registered exercise of it"
+    assert not re.search(r"ex\.check_\w+\(", code), "the old number-only checks are gone"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_math_citations_and_closing(path):
+    cells = _cells(path)
+    prose = _text(cells, "markdown")
+    assert re.search(r"\$[^$\n]+\$", prose), "formulas are LaTeX"
+    assert "arXiv" in prose, "formulas cite their source with an arXiv id"
+    for vague in ("seed 00", "DESIGN.md", "layerif.md"):
+        assert vague not in prose, f"{vague!r} means nothing to a student: cite the paper"
+    tail = "\n".join("".join(c["source"]) for c in cells[-3:] if c["cell_type"] == "markdown")
+    assert "## What you learned" in tail and "## Questions" in tail
+    questions = tail.split("## Questions", 1)[1]
+    assert 3 <= len(re.findall(r"^\s*(?:\d+\.|[-*])\s", questions, flags=re.M)) <= 6
 
 
 def test_magic_lists_copies_and_links_tutorials(tmp_path, monkeypatch, capsys):
