@@ -1,6 +1,5 @@
-"""The tutorials as files: eight of them, each saying what it needs, with a FAST parameters cell, at least
-objectives, prerequisites and times,
-at least two build-it exercises checked once each with their solution buttons, LaTeX and citations, a
+"""The tutorials as files: eight of them, each opening with objectives, prerequisites, times and needs,
+with a FAST parameters cell, at least two build-it exercises checked once each with their solution buttons, LaTeX and citations, a
 closing summary with questions, no committed outputs, and the %layerq magic can find them."""
 from __future__ import annotations
 
