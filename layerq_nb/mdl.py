@@ -48,6 +48,9 @@ def normalise(q) -> np.ndarray:
     total = q.sum()
     if total <= 0:
         raise ValueError("scores q are all zero: no layer has any gain, so there is nothing to allocate by")
+    if not np.isfinite(total):      # each q_k is finite but their sum overflows: scale by the largest first
+        q = q / q.max()
+        total = q.sum()
     return q / total
 
 
@@ -232,13 +235,19 @@ def _bracket(problem):
     return lo, hi
 
 
+def _geometric_mean(lo, hi):
+    """sqrt(lo hi), without the product under- or overflowing when nu is below ~1e-154 or above ~1e154."""
+    prod = lo * hi
+    return np.sqrt(prod) if 1e-300 < prod < 1e300 else np.sqrt(lo) * np.sqrt(hi)
+
+
 def _bisect(problem, tol, max_iter=400, trace=None):
     """Bisection on log(nu): the spend is monotone in nu, so the bracket halves every step."""
     lo, hi = _bracket(problem)
     t, increasing = problem.target, problem.sense == "min"
     it = 0
     while hi - lo > tol * hi and it < max_iter:
-        mid = np.sqrt(lo * hi) if lo > 0 else 0.5 * hi
+        mid = _geometric_mean(lo, hi) if lo > 0 else 0.5 * hi
         spend = _spend(problem, problem.x_of_nu(mid))
         if trace is not None:
             trace.append((lo, hi, mid, spend))
@@ -255,7 +264,7 @@ def _bisect(problem, tol, max_iter=400, trace=None):
 def _polish(problem, lo, hi):
     """Inside a bracket too small to hold a breakpoint, the free set is fixed and the spend is
     a f(nu) + b: solve that exactly so the budget holds to rounding error."""
-    nu = np.sqrt(lo * hi) if lo > 0 else 0.5 * (lo + hi)
+    nu = _geometric_mean(lo, hi) if lo > 0 else 0.5 * (lo + hi)
     at_lower, at_upper, a, b, form = problem.free_form()
     x = problem.x_of_nu(nu)
     free = (x > problem.lower) & (x < problem.upper)
@@ -322,6 +331,74 @@ def _solve(problem, method, tol):
     return _finish(problem, problem.x_of_nu(nu), nu, it)
 
 
+def _pow2_scale(values) -> float:
+    """A power of two near the largest |value|: dividing by it is exact, and brings costs or sizes of
+    any magnitude (1e-200 .. 1e200) to order one, so sums and products inside the solver stay finite."""
+    top = float(np.max(np.abs(values)))
+    if not np.isfinite(top) or top == 0 or 2.0**-60 <= top <= 2.0**60:
+        return 1.0
+    return float(2.0 ** np.round(np.log2(top)))
+
+
+def _budget_scale(cost, budget) -> float:
+    """The cost scale for program A, unless dividing the budget by it would leave the float range."""
+    scale = _pow2_scale(cost)
+    with np.errstate(over="ignore", under="ignore"):
+        scaled = budget / scale
+    return scale if np.isfinite(scaled) and (scaled != 0 or budget == 0) else 1.0
+
+
+def _spend_error(problem, x) -> float:
+    """|sum_k w_k x_k - target| relative to the larger of |target| and sum_k |w_k x_k| (0 when both are 0)."""
+    w = problem.weights
+    with np.errstate(over="ignore", invalid="ignore"):
+        spend = float(np.dot(w, x))
+        scale = max(abs(problem.target), float(np.dot(np.abs(w), np.abs(x))))
+        err = abs(spend - problem.target)
+    if not np.isfinite(err):
+        return np.inf
+    return 0.0 if err == 0 else err / scale
+
+
+def _answer(sol: "Solution", program: str, tol: float) -> "Solution":
+    """The solver's own check before handing an answer out: finite x and nu, x in its box, the budget
+    met to rounding. Where the scale of the inputs defeats double precision (a budget that buys
+    ~1e-20 of a unit at cost 1e20, or sums that overflow), this says so instead of returning garbage."""
+    p, x = sol.problem, sol.x
+    if program == "A":
+        with np.errstate(all="ignore"):
+            ratio = p.target / float(np.dot(p.cost, p.beta))
+        small = not ratio >= 1
+        what = (f"the budget buys {'a tiny fraction of one unit' if small else 'more units than a double holds'}: "
+                f"B / sum_k c_k beta_k = {ratio:.3g}")
+        fix = ("express x in other units so that B / sum_k c_k beta_k is nearer 1 (scale beta, the bounds and "
+               "1 / cost together)")
+    else:
+        what = f"sparsity {p.sparsity:g} with sizes from {p.sizes.min():g} to {p.sizes.max():g}"
+        fix = "use a sparsity of at least ~1e-9, or sizes within a few hundred decades of each other"
+    if not (np.all(np.isfinite(x)) and np.isfinite(sol.nu) and np.isfinite(sol.objective)):
+        raise ValueError(f"program {program} cannot be solved at the scale of these inputs ({what}): the answer "
+                         f"would not be finite. Fix: {fix}")
+    if sol.integer:
+        over = float(np.dot(p.weights, x)) - p.target
+        if over > 1e-12 * max(1.0, abs(p.target)):
+            raise ValueError(f"program {program}: whole units overspend the budget by {over:g} at this scale. Fix: {fix}")
+        return sol
+    err = _spend_error(p, x)
+    if err > max(_SPEND_RTOL, 4 * tol):
+        raise ValueError(f"program {program} cannot be solved accurately at the scale of these inputs ({what}): "
+                         f"the best double-precision answer misses the budget by a relative {err:.2g}. Fix: {fix}")
+    return sol
+
+
+def _rescaled(sol: "Solution", problem, scale: float) -> "Solution":
+    """A solution of the problem with weights divided by `scale`, restated for the original problem:
+    x is unchanged and nu scales by 1 / scale (q phi'(x) = nu w)."""
+    if scale == 1.0:
+        return sol
+    return _finish(problem, sol.x, sol.nu / scale, sol.iterations, integer=sol.integer)
+
+
 def _check_budget(name, target, lo, hi, what):
     if not (lo - 1e-12 * max(1, abs(lo)) <= target <= hi + 1e-12 * max(1, abs(hi))):
         raise ValueError(f"{name} {target:g} is infeasible: it must lie in [{lo:g}, {hi:g}] ({what})")
@@ -366,10 +443,14 @@ def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer=Fal
     lo, hi = float(cost @ lower), float(cost @ upper)
     # whole units spend at most the budget, so only the lower end binds them
     _check_budget("budget", budget, lo, np.inf if integer else hi, "sum_k cost_k * lower_k .. sum_k cost_k * upper_k")
+    if method not in ("bisection", "sorted"):
+        raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
     problem = AllocationProblem(q=q, budget=budget, cost=cost, beta=beta, lower=lower, upper=upper)
-    if integer:
-        return _integer_greedy(problem)
-    return _solve(problem, method, tol)
+    scale = _budget_scale(cost, budget)     # cost and budget scale together: x is unchanged
+    scaled = problem if scale == 1.0 else replace(problem, budget=budget / scale, cost=_frozen(cost / scale))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):   # _answer judges extremes
+        sol = _integer_greedy(scaled) if integer else _solve(scaled, method, tol)
+        return _answer(_rescaled(sol, problem, scale), "A", tol)
 
 
 def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", tol=1e-12,
@@ -399,11 +480,23 @@ def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", tol=1e-1
     sparsity = float(sparsity)
     if not (0 <= sparsity < 1):
         raise ValueError(f"sparsity {sparsity:g} must lie in [0, 1)")
-    total = sizes.sum()
-    _check_budget("sparsity", sparsity, float(sizes @ lower / total), float(sizes @ upper / total),
+    scale = _pow2_scale(sizes)          # the budget is a share of sum n_k: x is unchanged by scaling n
+    n = sizes / scale
+    total = n.sum()
+    _check_budget("sparsity", sparsity, float(n @ lower / total), float(n @ upper / total),
                   "the size-weighted mean of lower .. of upper")
+    if method not in ("bisection", "sorted"):
+        raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
     problem = PruningProblem(q=q, sparsity=sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
-    return _solve(problem, method, tol)
+    scaled = problem if scale == 1.0 else replace(problem, sizes=_frozen(n))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
+        return _answer(_rescaled(_solve(scaled, method, tol), problem, scale), "B", tol)
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    arr = np.asarray(arr, dtype=float)
+    arr.setflags(write=False)
+    return arr
 
 
 # ----------------------------------------------------------------------------- integer allocation
@@ -492,20 +585,27 @@ def verify(solution: Solution) -> Solution:
     """
     p, x, nu = solution.problem, np.asarray(solution.x, float), solution.nu
     w = p.weights
+    if x.shape != p.q.shape:
+        raise AssertionError(f"shape violated: x has shape {x.shape}, the problem has {p.q.size} layers")
+    if not np.all(np.isfinite(x)):
+        i = int(np.flatnonzero(~np.isfinite(x))[0])
+        raise AssertionError(f"x is not finite: x[{i}] = {x[i]} (a non-finite answer is never certified)")
+    if not np.isfinite(nu):
+        raise AssertionError(f"nu is not finite: nu = {nu} (a non-finite answer is never certified)")
     if np.any(x < p.lower - 1e-9 * np.maximum(1, np.abs(p.lower))) or \
        np.any(x > p.upper + 1e-9 * np.maximum(1, np.abs(p.upper))):
         raise AssertionError("primal feasibility violated: some x_k lies outside [lower_k, upper_k]")
     spend, t = _spend(p, x), p.target
-    scale = max(1.0, abs(t))
     if solution.integer:
         if np.any(x != np.round(x)):
             raise AssertionError("integrality violated: integer solution has fractional entries")
-        if spend > t + 1e-9 * scale:
+        if spend > t + 1e-9 * max(1.0, abs(t)):
             raise AssertionError(f"budget violated: spend {spend:g} > budget {t:g}")
         if np.ptp(w) == 0:
             _verify_integer_swaps(p, x)
         return solution
-    if abs(spend - t) > _SPEND_RTOL * scale:
+    # relative to the budget itself (a budget of 3e-20 spent as 0 is violated, whatever its units)
+    if _spend_error(p, x) > _SPEND_RTOL:
         raise AssertionError(f"budget violated: sum_k w_k x_k = {spend:.12g}, target {t:.12g}")
     if nu < 0:
         raise AssertionError(f"dual feasibility violated: nu = {nu} < 0")
@@ -578,6 +678,11 @@ def allocate_batch(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Ba
     prev = np.maximum(j - 1, 0)
     nu = np.where(j == 0, nus[rows, 0], a[rows, prev] / (budget - b[rows, prev]))
     x = np.clip(q / (nu[:, None] * cost) - beta, lower, upper)
+    bad = ~(np.all(np.isfinite(x), axis=1) & np.isfinite(nu))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"row {i} of allocate_batch has no finite answer at this scale (budget {budget[i]:g}, "
+                         f"sum_k c_k beta_k = {float(cost @ beta):g}): solve it with allocate(), which says why")
     return BatchAllocation(x=x, nu=nu)
 
 
