@@ -7,19 +7,22 @@ as safetensors) -> an error that names the one-line fix. `tiny-llama` is a rando
 from __future__ import annotations
 
 import contextlib
-
 import importlib.util
+import json
 import os
 import shutil
 import socket
+import struct
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
-__all__ = ["SHORT_NAMES", "Layer", "load_model", "layers", "weight_matrix", "model_source", "cache_dir", "pick_device"]
+__all__ = ["SHORT_NAMES", "Layer", "load_model", "layers", "weight_matrix", "model_source", "cache_dir", "pick_device",
+           "CacheError", "check_cache", "cached_folder", "DEVICES"]
 
 SHORT_NAMES = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -38,15 +41,47 @@ def cache_dir() -> Path:
     return Path(root)
 
 
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def pick_device(device: str = "auto") -> torch.device:
-    """'auto' -> CUDA, then Apple MPS, then CPU; anything else is passed to torch.device."""
+    """'auto' (or $LAYERQ_DEVICE when set) -> CUDA, then Apple MPS, then CPU; otherwise cpu, cuda, cuda:N
+    or mps, checked here: a device this machine lacks is a ValueError that names what it has."""
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+        device = os.environ.get("LAYERQ_DEVICE", "auto") or "auto"
+        if device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            if _mps_available():
+                return torch.device("mps")
+            return torch.device("cpu")
+    if not isinstance(device, str):
+        raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (f"this torch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None
+                   else f"this torch ({torch.__version__}) sees no CUDA GPU")
+            raise ValueError(f"device {device!r} is not available: {why}. Use cpu (or auto), or install a CUDA build "
+                             "of torch on a machine with an NVIDIA GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif dev.type == "mps":
+        if not _mps_available():
+            raise ValueError(f"device {device!r} is not available: Apple MPS needs a Mac with Apple silicon. Use cpu or auto")
+    elif dev.type != "cpu":
+        raise ValueError(f"unsupported device {device!r}: use one of {', '.join(DEVICES)}")
+    return dev
 
 
 def model_source(model) -> str:
@@ -71,34 +106,208 @@ def _from_folder(folder, dtype):
     return model, tokenizer
 
 
-def _cache_gguf(short: str, target: Path):
-    """Dequantise the shipped GGUF once and write it as a plain safetensors checkpoint."""
+# ----------------------------------------------------------------------------- the verified cache
+# A cache entry is one folder per model, published by an atomic rename of a `<name>.partial-<pid>`
+# folder, holding the safetensors weights, config, tokenizer, SOURCE and MANIFEST: every file's size
+# and CRC-32 as written. Loading checks the manifest (about 0.3 s for SmolLM2's 538 MB); a folder
+# written before manifests existed is checked structurally (the safetensors header against the file
+# size, every weight finite) and then given one.
+
+MANIFEST = "layerq-manifest.json"
+_STALE_SECONDS = 3600            # a partial folder whose writer is gone, or this old, is removed
+
+
+class CacheError(OSError):
+    """A cache entry that fails verification (corrupt, truncated or incomplete)."""
+
+
+def cached_folder(name: str) -> Path:
+    """The cache folder of a short name or hub id (whether or not it exists)."""
+    return cache_dir() / "models" / SHORT_NAMES.get(name, name).replace("/", "--")
+
+
+def _crc32(path: Path) -> tuple[int, str]:
+    crc, size = 0, 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc, size = zlib.crc32(chunk, crc), size + len(chunk)
+    return size, f"{crc:08x}"
+
+
+def _write_manifest(folder: Path):
+    files = {p.name: dict(zip(("bytes", "crc32"), _crc32(p))) for p in sorted(folder.iterdir())
+             if p.is_file() and p.name != MANIFEST}
+    tmp = folder / (MANIFEST + f".{os.getpid()}")
+    tmp.write_text(json.dumps({"version": 1, "files": files}, indent=1))
+    os.replace(tmp, folder / MANIFEST)
+
+
+def _safetensors_header(path: Path) -> dict:
+    """The header of a safetensors file, after checking that it and the data it describes fit the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CacheError(f"{path.name} is truncated ({size} bytes)")
+        (n,) = struct.unpack("<Q", head)
+        if n > min(size - 8, 100 << 20):
+            raise CacheError(f"{path.name} has a corrupt header (length {n} in a {size}-byte file)")
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            raise CacheError(f"{path.name} has a corrupt header (not JSON)") from None
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end != size:
+        raise CacheError(f"{path.name} is truncated or padded: its header describes {8 + n + end} bytes, "
+                         f"the file has {size}")
+    return header
+
+
+def check_cache(folder, full: bool = True) -> bool:
+    """Raise CacheError naming what is wrong with a cache entry; True if it has a manifest, False for
+    an entry written before manifests (checked structurally only). full=False compares sizes, not CRCs."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CacheError(f"{folder} is not a folder")
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        try:
+            files = json.loads(manifest.read_text())["files"]
+        except (ValueError, KeyError, TypeError):
+            raise CacheError(f"its {MANIFEST} is corrupt") from None
+        for name, want in files.items():
+            path = folder / name
+            if not path.is_file():
+                raise CacheError(f"{name} is missing")
+            size = path.stat().st_size
+            if size != want["bytes"]:
+                raise CacheError(f"{name} has {size} bytes, {want['bytes']} were written")
+            if full and _crc32(path)[1] != want["crc32"]:
+                raise CacheError(f"{name} has changed since it was written (CRC-32 mismatch)")
+        return True
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise CacheError(f"{name} is missing")
+    _safetensors_header(folder / "model.safetensors")
+    return False
+
+
+def _check_finite(model):
+    for name, p in model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise CacheError(f"weight {name} holds non-finite values")
+
+
+def _load_cached(folder: Path, dtype):
+    """Verify, then load, a cache entry; every failure is a CacheError with the reason."""
+    has_manifest = check_cache(folder)
+    try:
+        model, tokenizer = _from_folder(folder, dtype)
+    except Exception as err:        # safetensors, tokenizers and json errors alike: the entry is bad
+        raise CacheError(f"it does not load ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from err
+    if not has_manifest:            # an entry from before manifests: check the values, then record them
+        _check_finite(model)
+        with contextlib.suppress(OSError):
+            _write_manifest(folder)
+    return model, tokenizer
+
+
+def _remove_stale(parent: Path):
+    """Remove `.partial-<pid>` / `.corrupt-<pid>` folders left by interrupted or dead processes."""
+    if not parent.is_dir():
+        return
+    for path in parent.iterdir():
+        stem, sep, pid = path.name.rpartition(".partial-")
+        if not sep:
+            stem, sep, pid = path.name.rpartition(".corrupt-")
+        if not sep or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            alive = True
+        except ProcessLookupError:
+            alive = False
+        except (PermissionError, OverflowError, OSError):
+            alive = True
+        try:
+            old = time.time() - path.stat().st_mtime > _STALE_SECONDS
+        except OSError:
+            continue
+        if not alive or old:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _discard(folder: Path):
+    """Move a bad entry out of the way atomically, then delete it (a concurrent loader may do the same)."""
+    aside = folder.with_name(folder.name + f".corrupt-{os.getpid()}")
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _publish(tmp: Path, target: Path):
+    """Rename a complete folder into place; when another process published first, keep theirs."""
+    try:
+        os.replace(tmp, target)          # atomic: never a half-written cache
+    except OSError:                      # ENOTEMPTY / EEXIST: another first load won the race
+        if not target.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_cache(model, tokenizer, target: Path, source: str):
+    """Write a model as plain safetensors + config + tokenizer + SOURCE + MANIFEST, then publish it.
+    Interrupted at any point (Ctrl-C, full disk), the partial folder is removed."""
     from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    package, filename = SHIPPED_GGUF[short]
-    spec = importlib.util.find_spec(package)
-    folder = Path(list(spec.submodule_search_locations)[0])   # the package folder, without importing it
-    print(f"layerq_nb: dequantising {filename} from the {package} package once into {target} (~20 s) ...")
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
-    # save_pretrained refuses a GGUF-quantised model: drop the quantisation record, write tensors directly
     config = model.config
-    if hasattr(config, "quantization_config"):
+    if hasattr(config, "quantization_config"):   # save_pretrained refuses a GGUF-quantised model
         del config.quantization_config
-    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     if getattr(config, "tie_word_embeddings", False):
         state.pop("lm_head.weight", None)
-    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    config.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / "SOURCE").write_text(f"dequantised from {package}/{filename}\n")
-    if target.exists():      # another process finished first
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, target)  # atomic: never a half-written cache
+    for k, v in state.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"refusing to cache {source}: weight {k} holds non-finite values")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "SOURCE").write_text(source + "\n")
+        _write_manifest(tmp)
+        _publish(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _shipped_folder(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    return Path(list(spec.submodule_search_locations)[0])   # the package folder, without importing it
+
+
+def _dequantise_gguf(short: str):
+    """(model, tokenizer) from the GGUF file a pip package ships, dequantised to float32 (~18 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    package, filename = SHIPPED_GGUF[short]
+    folder = _shipped_folder(package)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+    return model, tokenizer
+
+
+def _cache_gguf(short: str, target: Path):
+    """Dequantise the shipped GGUF once and write it as a plain safetensors checkpoint."""
+    package, filename = SHIPPED_GGUF[short]
+    print(f"layerq_nb: dequantising {filename} from the {package} package once into {target} (~20 s) ...")
+    model, tokenizer = _dequantise_gguf(short)
+    _write_cache(model, tokenizer, target, f"dequantised from {package}/{filename}")
 
 
 def _tiny_llama(n_layers: int = 3, seed: int = 0, hidden_size: int = 32, heads: int = 4, kv_heads: int = 2):
@@ -132,16 +341,28 @@ def load_model(name: str = "smollm2-135m", device: str = "auto", dtype=None):
     fp32; use autocast for bf16 speed on GPU). `model.layerq_source` records where the weights came from.
     """
     dtype = dtype or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), dtype)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating torch dtype such as torch.float32, got {dtype!r}")
+    if not isinstance(name, (str, os.PathLike)) or not str(name):
+        raise ValueError(f"model must be a short name, hub id or folder, got {name!r}")
+    name = str(name)
+    target = pick_device(device)          # a device this machine lacks fails here, before any loading
     t0 = time.perf_counter()
     if name == TINY:
         model, tokenizer = _tiny_llama()
         source = "random init (tiny-llama, tests only: not a trained model)"
     elif Path(name).expanduser().is_dir():
-        model, tokenizer = _from_folder(Path(name).expanduser(), dtype)
-        source = f"local folder {Path(name).expanduser()}"
+        folder = Path(name).expanduser()
+        if (folder / MANIFEST).is_file():     # a folder written by layerq_nb (e.g. a cache entry): verify it
+            model, tokenizer = _load_cached(folder, dtype)
+        else:
+            model, tokenizer = _from_folder(folder, dtype)
+        source = f"local folder {folder}"
     else:
         model, tokenizer, source = _resolve(name, dtype)
-    model.to(pick_device(device)).eval()
+    model.to(target).eval()
     model.layerq_source = source
     model.layerq_name = name
     model.layerq_load_seconds = time.perf_counter() - t0
@@ -153,18 +374,31 @@ def _resolve(name, dtype):
         raise ValueError(f"unknown model {name!r}: use one of {', '.join([*SHORT_NAMES, TINY])}, "
                          "a Hugging Face id such as 'HuggingFaceTB/SmolLM2-135M', or a local folder")
     hub_id = SHORT_NAMES.get(name, name)
-    cached = cache_dir() / "models" / hub_id.replace("/", "--")
-    if (cached / "config.json").exists():
-        model, tokenizer = _from_folder(cached, dtype)
-        return model, tokenizer, f"cache {cached}"
+    cached = cached_folder(name)
+    _remove_stale(cached.parent)
+    rebuild = name in SHIPPED_GGUF and importlib.util.find_spec(SHIPPED_GGUF[name][0]) is not None
+    if cached.exists():
+        try:
+            model, tokenizer = _load_cached(cached, dtype)
+            return model, tokenizer, f"cache {cached}"
+        except CacheError as err:
+            if not rebuild:
+                raise CacheError(f"the cached model {cached} is corrupt ({err}): delete that folder "
+                                 f"(rm -r '{cached}') and load again") from None
+            print(f"layerq_nb: the cached model {cached} is corrupt ({err}); rebuilding it from the shipped weights")
+            _discard(cached)
     if _hub_reachable():
         model, tokenizer = _from_folder(hub_id, dtype)
         return model, tokenizer, f"hub {hub_id}"
     if name in SHIPPED_GGUF:
         package, _ = SHIPPED_GGUF[name]
-        if importlib.util.find_spec(package) is not None:
+        if rebuild:
             _cache_gguf(name, cached)
-            model, tokenizer = _from_folder(cached, dtype)
+            try:
+                model, tokenizer = _load_cached(cached, dtype)
+            except CacheError as err:
+                raise CacheError(f"the model just cached in {cached} does not verify ({err}): the disk may be "
+                                 f"failing or full; delete that folder (rm -r '{cached}') and try again") from None
             return model, tokenizer, f"cache {cached} (dequantised from the {package} package)"
         raise FileNotFoundError(
             f"no weights for {name!r}: not cached in {cached}, the hub is unreachable, and the offline "
