@@ -12,6 +12,7 @@ router probability), which is 1 under uniform routing and larger when routing is
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 
@@ -27,16 +28,38 @@ from .models import layers as find_layers
 from .models import weight_matrix
 from .scores import LayerScores
 
-__all__ = ["RankAllocation", "rank_costs", "lora_rank_pattern", "lora_config", "expert_counts", "LoRAMoELinear",
+__all__ = ["RankAllocation", "rank_costs", "rank_caps", "lora_rank_pattern", "lora_config", "expert_counts", "LoRAMoELinear",
            "LoRAMoE", "apply_lora_moe", "finetune", "FinetuneResult", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
+def _whole(name: str, value, low: int = 1) -> int:
+    """value as an int >= low, or a ValueError naming the argument (2.5, nan, True and "3" are refused)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)) \
+            or not np.isfinite(value) or value != int(value) or int(value) < low:
+        raise ValueError(f"{name} must be a whole number >= {low}, got {value!r}")
+    return int(value)
+
+
+def _positive(name: str, value, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_)) \
+        and np.isfinite(value) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        raise ValueError(f"{name} must be a finite number {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
 def _targets(model, target_modules):
     """{layer index: {full module name: module}} for the linear maps whose name ends with a target."""
+    if isinstance(target_modules, str):
+        target_modules = (target_modules,)
     out = {}
     for layer in find_layers(model):
+        wrapped = [n for n, m in layer.module.named_modules() if isinstance(m, LoRAMoELinear)]
+        if wrapped:
+            raise ValueError(f"{layer.name}.{wrapped[0]} already carries LoRA-MoE adapters: call remove() on the "
+                             "handle apply_lora_moe returned before applying new ones")
         chosen = {f"{layer.name}.{n}": m for n, m in layer.linears.items() if n.split(".")[-1] in target_modules}
         if not chosen:
             raise ValueError(f"no module of {layer.name} matches target_modules {list(target_modules)}; "
@@ -65,27 +88,47 @@ def rank_costs(model, target_modules=DEFAULT_TARGETS) -> np.ndarray:
                      for mods in _targets(model, target_modules).values()], float)
 
 
+def rank_caps(model, target_modules=DEFAULT_TARGETS) -> np.ndarray:
+    """The largest useful LoRA rank per layer: min(d_in, d_out) over its target modules (a B A of higher
+    rank than that has no more freedom, only more parameters)."""
+    return np.array([min(min(weight_matrix(m).shape) for m in mods.values())
+                     for mods in _targets(model, target_modules).values()], int)
+
+
 def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modules=DEFAULT_TARGETS,
                       beta: float = 1.0, min_rank: int = 1) -> RankAllocation:
-    """Integer ranks per layer with sum_k c_k r_k <= budget (LoRA parameters). scores: a LayerScores
-    (program A over its q) or "uniform" (the same rank everywhere, as large as the budget allows)."""
+    """Integer ranks per layer with sum_k c_k r_k <= budget (LoRA parameters), each at most
+    min(d_in, d_out) of the layer's matrices (`rank_caps`: a budget beyond that is left unspent).
+    scores: a LayerScores (program A over its q) or "uniform" (the same rank everywhere, as large as
+    the budget allows)."""
+    if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(budget) or budget <= 0:
+        raise ValueError(f"budget must be a positive number of LoRA parameters, got {budget!r}")
+    min_rank = _whole("min_rank", min_rank)
+    beta = _positive("beta", beta)
+    if not (isinstance(scores, (str, LayerScores))):
+        raise ValueError(f"scores must be a LayerScores or 'uniform', got {type(scores).__name__}")
+    if isinstance(scores, str) and scores != "uniform":
+        raise ValueError(f"scores must be a LayerScores or 'uniform', got {scores!r}")
     targets = _targets(model, target_modules)
     cost = rank_costs(model, target_modules)
+    caps = rank_caps(model, target_modules)
+    if min_rank > caps.min():
+        raise ValueError(f"min_rank {min_rank} exceeds the largest useful rank {caps.min()} of layer "
+                         f"{int(np.argmin(caps))} (min(d_in, d_out) of its matrices)")
     floor = min_rank * cost.sum()
     if budget < floor:
         raise ValueError(f"budget {budget} LoRA parameters is below the minimum {int(floor)} (rank {min_rank} "
                          "in every layer): raise the budget or lower min_rank")
     if isinstance(scores, str):
-        if scores != "uniform":
-            raise ValueError(f"scores must be a LayerScores or 'uniform', got {scores!r}")
-        ranks, label = np.full(cost.size, int(budget // cost.sum())), "uniform"
+        ranks, label = np.full(cost.size, min(int(budget // cost.sum()), int(caps.min()))), "uniform"
     else:
         if len(scores) != cost.size:
             raise ValueError(f"{len(scores)} scores for {cost.size} layers: score the same model")
-        sol = mdl.allocate(scores.q, budget, cost=cost, beta=beta, lower=min_rank, integer=True)
+        sol = mdl.allocate(scores.q, budget, cost=cost, beta=beta, lower=min_rank, upper=caps, integer=True)
         ranks, label = np.round(sol.x).astype(int), scores.method
     return RankAllocation(ranks=ranks.astype(int), cost=cost, modules={k: list(v) for k, v in targets.items()},
-                          scores=label, metadata=dict(budget=budget, beta=beta, min_rank=min_rank))
+                          scores=label, metadata=dict(budget=budget, beta=beta, min_rank=min_rank, caps=caps.tolist()))
 
 
 def lora_config(allocation: RankAllocation, alpha_ratio: float = 2.0, dropout: float = 0.05, **kwargs):
@@ -108,6 +151,8 @@ def expert_counts(total: int, n_layers: int, pattern: str | LayerScores = "unifo
 
     pattern: "uniform"; "mola" (four depth groups in the ratio 2:4:6:8, MoLA's "higher layers need more
     experts"; 32 layers and 160 experts give exactly 2-4-6-8 x 8); or a LayerScores, allocated by program A (integer, lower bound 1, unit costs)."""
+    n_layers = _whole("n_layers", n_layers)
+    total = _whole("total", total)
     if total < n_layers:
         raise ValueError(f"{total} experts cannot give each of {n_layers} layers one")
     if isinstance(pattern, LayerScores):
@@ -134,6 +179,8 @@ class LoRAMoELinear(nn.Module):
     """A frozen linear map plus `experts` LoRA experts mixed by a top-k softmax router."""
 
     def __init__(self, base: nn.Linear, experts: int, rank: int = 8, alpha: float = 16.0, top_k: int = 2):
+        experts, rank, top_k = _whole("experts", experts), _whole("rank", rank), _whole("top_k", top_k)
+        alpha = _positive("alpha", alpha)
         super().__init__()
         self.base, self.experts, self.rank = base, int(experts), int(rank)
         self.top_k = min(int(top_k), self.experts) if self.experts > 1 else 1
@@ -186,34 +233,84 @@ class LoRAMoE:
 
     def remove(self):
         """Put the original linear maps back and restore every requires_grad flag: the base model is
-        exactly as before `apply_lora_moe`."""
-        for parent, attr, module in self.wrapped.values():
+        exactly as before `apply_lora_moe`. Safe to call again (after an interruption, or twice)."""
+        _undo(self.wrapped, self.frozen)
+
+
+def _undo(wrapped: dict, frozen: list):
+    """Unwrap every module still wrapped (popping each as it goes back) and restore the flags."""
+    for name in list(wrapped):
+        parent, attr, module = wrapped[name]
+        if getattr(parent, attr, None) is module:
             setattr(parent, attr, module.base)
-        for p, flag in self.frozen:
-            p.requires_grad_(flag)
-        self.wrapped = {}
+        del wrapped[name]
+    for p, flag in frozen:
+        p.requires_grad_(flag)
+
+
+def _memory_bytes(device: torch.device) -> int | None:
+    """Total memory of the device the adapters go to (None when unknown)."""
+    try:
+        if device.type == "cuda":
+            return int(torch.cuda.mem_get_info(device)[1])
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError, RuntimeError):
+        return None
+
+
+def _expert_array(experts_per_layer, n_layers: int) -> np.ndarray:
+    try:
+        raw = np.asarray(experts_per_layer, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"experts_per_layer must be {n_layers} whole numbers >= 1, got {experts_per_layer!r}") from None
+    if raw.shape != (n_layers,) or not np.all(np.isfinite(raw)) or np.any(raw < 1) or np.any(raw != np.round(raw)):
+        raise ValueError(f"need one expert count >= 1 per layer ({n_layers}), got "
+                         f"{raw.tolist() if raw.ndim else experts_per_layer!r}: whole numbers, e.g. expert_counts(...)")
+    return raw.astype(int)
 
 
 def apply_lora_moe(model, experts_per_layer, rank: int = 8, alpha: float = 16.0, top_k: int = 2,
                    target_modules=("q_proj", "v_proj")) -> LoRAMoE:
-    """Wrap layer k's target modules with experts_per_layer[k] LoRA experts; freeze everything else."""
+    """Wrap layer k's target modules with experts_per_layer[k] LoRA experts; freeze everything else.
+
+    Transactional: every argument, module type and the memory the adapters need are checked before the
+    model is touched, and if anything fails while wrapping (including Ctrl-C or out-of-memory) the
+    model comes back exactly as it was (modules, state-dict keys, requires_grad flags). On success the
+    returned handle's `remove()` undoes every change."""
     targets = _targets(model, target_modules)
-    experts = np.asarray(experts_per_layer, dtype=int)
-    if experts.shape != (len(targets),) or np.any(experts < 1):
-        raise ValueError(f"need one expert count >= 1 per layer ({len(targets)}), got {experts.tolist()}")
-    frozen = [(p, p.requires_grad) for p in model.parameters()]
-    for p, _ in frozen:
-        p.requires_grad_(False)
-    wrapped = {}
+    experts = _expert_array(experts_per_layer, len(targets))
+    rank = _whole("rank", rank)
+    top_k = _whole("top_k", top_k)
+    alpha = _positive("alpha", alpha)
+    need = 0
     for k, mods in targets.items():
         for name, module in mods.items():
             if not isinstance(module, nn.Linear):
-                raise ValueError(f"{name} is a {type(module).__name__}: LoRA-MoE wraps nn.Linear only")
+                raise ValueError(f"{name} is a {type(module).__name__}: LoRA-MoE wraps nn.Linear only "
+                                 "(GPT-2's Conv1D: use peft through lora_config instead)")
+            d_out, d_in = module.weight.shape
+            e = int(experts[k])
+            need += (e * rank * (d_in + d_out) + (e * d_in if e > 1 else 0)) * module.weight.element_size()
+    device = next(model.parameters()).device
+    have = _memory_bytes(device)
+    if have is not None and need > have:
+        raise ValueError(f"the adapters would need {need / 2**30:.3g} GiB ({int(experts.sum())} experts of rank {rank}), "
+                         f"more than the {have / 2**30:.3g} GiB of memory of {device}: lower the expert counts or the rank")
+    frozen = [(p, p.requires_grad) for p in model.parameters()]
+    wrapped: dict = {}
+    try:
+        built = {name: LoRAMoELinear(module, int(experts[k]), rank, alpha, top_k)      # allocate first
+                 for k, mods in targets.items() for name, module in mods.items()}
+        for p, _ in frozen:
+            p.requires_grad_(False)
+        for name, moe in built.items():
             parent_name, attr = name.rsplit(".", 1)
             parent = model.get_submodule(parent_name)
-            moe = LoRAMoELinear(module, int(experts[k]), rank, alpha, top_k)
-            setattr(parent, attr, moe)
             wrapped[name] = (parent, attr, moe)
+            setattr(parent, attr, moe)
+    except BaseException:
+        _undo(wrapped, frozen)
+        raise
     return LoRAMoE(model=model, wrapped=wrapped, experts=experts, frozen=frozen)
 
 
@@ -237,32 +334,53 @@ def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: floa
     import time
 
     from .evaluate import mean_loss
+    steps, batch_size = _whole("steps", steps, low=0), _whole("batch_size", batch_size)
+    seed = _whole("seed", seed, low=-2**63)
+    lr, clip, aux_weight = _positive("lr", lr), _positive("clip", clip), _positive("aux_weight", aux_weight, allow_zero=True)
+    for name, blocks in (("train", train), ("validation", validation)):
+        if not isinstance(blocks, Blocks) or len(blocks) == 0 or blocks.n_targets == 0:
+            raise ValueError(f"{name} must be non-empty Blocks with targets (layerq_nb.load_task(..., split={name!r}))")
+    if aux is not None and not isinstance(aux, LoRAMoE):
+        raise ValueError(f"aux must be the LoRAMoE handle apply_lora_moe returned, got {type(aux).__name__}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("no trainable parameters: apply peft (get_peft_model) or apply_lora_moe first")
     device = next(model.parameters()).device
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    before = mean_loss(model, validation, batch_size, progress=False)
-    start, losses = time.perf_counter(), []
-    model.train()
+    # transactional: if anything fails or is interrupted, the trained parameters, their gradients and
+    # the train/eval mode of every module come back as they were
+    saved = [(p, p.detach().clone(), p.grad) for p in params]
+    modes = [(m, m.training) for m in model.modules()]
     try:
-        for _ in tqdm(range(steps), desc="fine-tuning", unit="step", disable=not progress, leave=False):
-            idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()
-            batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            targets = batch["labels"][:, 1:]
-            loss = token_nll(logits[:, :-1], targets).sum() / (targets != IGNORE).sum().clamp(min=1)
-            total = loss + aux_weight * aux.aux_loss() if aux is not None else loss
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(params, clip)
-            opt.step()
-            losses.append(loss.detach().item())
-    finally:
-        model.eval()
-    after = mean_loss(model, validation, batch_size, progress=False)
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+        before = mean_loss(model, validation, batch_size, progress=False)
+        start, losses = time.perf_counter(), []
+        model.train()
+        try:
+            for _ in tqdm(range(steps), desc="fine-tuning", unit="step", disable=not progress, leave=False):
+                idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()
+                batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                targets = batch["labels"][:, 1:]
+                loss = token_nll(logits[:, :-1], targets).sum() / (targets != IGNORE).sum().clamp(min=1)
+                total = loss + aux_weight * aux.aux_loss() if aux is not None else loss
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(params, clip)
+                opt.step()
+                losses.append(loss.detach().item())
+        finally:
+            model.eval()
+        after = mean_loss(model, validation, batch_size, progress=False)
+    except BaseException:
+        with torch.no_grad():
+            for p, value, grad in saved:
+                p.copy_(value)
+                p.grad = grad
+        for m, mode in modes:
+            m.training = mode
+        raise
     return FinetuneResult(train_losses=losses, val_loss_before=before, val_loss_after=after,
                           trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
