@@ -13,6 +13,7 @@ the input ids (the model shifts them) with -100 where no loss is taken.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sysconfig
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Blocks", "TASKS", "SPLITS", "load_task", "task_documents"]
+__all__ = ["Blocks", "TASKS", "SPLITS", "load_task", "task_documents", "check_task", "check_batch_size"]
 
 SPLITS = ("train", "validation", "test")
 TASKS = ("prose", "code", "arithmetic")
@@ -30,6 +31,18 @@ IGNORE = -100             # the label value that PyTorch's cross-entropy skips
 ARITHMETIC_POOL = 20_000  # problems drawn per seed before the split filter
 
 Segment = tuple[str, bool]     # (text, whether its tokens are trained on)
+
+
+def _is_whole(value) -> bool:
+    return (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))) or \
+        (isinstance(value, (float, np.floating)) and np.isfinite(value) and value == int(value))
+
+
+def check_batch_size(batch_size) -> int:
+    """batch_size as an int >= 1, or a ValueError that says so (not range()'s "arg 3 must not be zero")."""
+    if not _is_whole(batch_size) or int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1 (blocks per forward pass), got {batch_size!r}")
+    return int(batch_size)
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +72,7 @@ class Blocks:
 
     def batches(self, batch_size: int) -> Iterator[dict]:
         """Dicts of (B, T) tensors that `model(**batch)` accepts."""
+        batch_size = check_batch_size(batch_size)
         for start in range(0, len(self), batch_size):
             sl = slice(start, start + batch_size)
             yield {"input_ids": self.input_ids[sl], "labels": self.labels[sl], "attention_mask": self.attention_mask[sl]}
@@ -105,14 +119,45 @@ def _arithmetic(split: str, seed: int) -> Iterator[list[Segment]]:
             yield [(prompt, False), (f"{ans}\n", True)]
 
 
-def _hf(spec: str, split: str, seed: int) -> Iterator[list[Segment]]:
+@contextlib.contextmanager
+def _offline_hub():
+    """Inside, `datasets` and `huggingface_hub` use only their local caches: no retries on a dead network."""
+    import datasets
+    import huggingface_hub.constants as hub_constants
+    before = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = before
+
+
+def _hf_dataset(spec: str):
+    """The Hugging Face dataset of `hf:<name>[:<config>]`. The hub is probed first (as load_model does):
+    when it is unreachable only the local datasets cache is tried, so an offline machine fails at once
+    with one clear message instead of retrying for half a minute."""
+    from .models import _hub_reachable
     name, _, config = spec.partition(":")
+    if not name:
+        raise ValueError("hf: needs a dataset name: hf:<name>[:<config>], e.g. hf:wikitext:wikitext-2-raw-v1")
+    online = _hub_reachable()
     try:
         import datasets
-        data = datasets.load_dataset(name, config or None)
+        with contextlib.nullcontext() if online else _offline_hub():
+            data = datasets.load_dataset(name, config or None)
+    except ImportError as err:
+        raise ImportError("hf: tasks need the datasets package: pip install datasets") from err
     except Exception as err:
-        raise ValueError(f"could not load the Hugging Face dataset {name!r} ({type(err).__name__}: {err}). "
-                         "Offline? Use a built-in task: prose, code or arithmetic") from err
+        where = "" if online else " The Hugging Face hub is unreachable and the dataset is not in the local cache."
+        raise ValueError(f"could not load the Hugging Face dataset {name!r} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}).{where} Offline? Use a built-in task: "
+                         "prose, code or arithmetic") from None
+    return data
+
+
+def _hf(spec: str, split: str, seed: int, data=None) -> Iterator[list[Segment]]:
+    name, _, config = spec.partition(":")
+    data = _hf_dataset(spec) if data is None else data
     aliases = {"train": ["train"], "validation": ["validation", "valid", "dev"], "test": ["test"]}
     found = next((s for s in aliases[split] if s in data), None)
     if found is not None:
@@ -131,15 +176,30 @@ def _hf(spec: str, split: str, seed: int) -> Iterator[list[Segment]]:
             yield [(text.strip() + "\n", True)]
 
 
-def task_documents(name: str, split: str = "train", seed: int = 0) -> Iterator[list[Segment]]:
-    """The task's documents for a split, in seeded order: each a list of (text, trained) segments."""
+def check_task(name: str, split: str = "train", load: bool = True) -> str:
+    """Check a task name and split before any long work; for `hf:` tasks (load=True) also load the
+    dataset now (probing the hub first), so that an offline machine or a typo fails at once."""
+    if not isinstance(name, str):
+        raise ValueError(f"task must be a string ({', '.join(TASKS)} or hf:<dataset>), got {name!r}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use one of {', '.join(SPLITS)}")
     if name.startswith("hf:"):
-        return _hf(name[3:], split, seed)
-    builders = {"prose": _prose, "code": _code, "arithmetic": _arithmetic}
-    if name not in builders:
+        if load:
+            _hf_dataset(name[3:])
+    elif name not in TASKS:
         raise ValueError(f"unknown task {name!r}: use one of {', '.join(TASKS)}, or hf:<dataset>[:<config>]")
+    return name
+
+
+def task_documents(name: str, split: str = "train", seed: int = 0) -> Iterator[list[Segment]]:
+    """The task's documents for a split, in seeded order: each a list of (text, trained) segments."""
+    check_task(name, split, load=False)
+    if not _is_whole(seed) or int(seed) < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+    seed = int(seed)
+    if name.startswith("hf:"):
+        return _hf(name[3:], split, seed, _hf_dataset(name[3:]))    # load (or fail) now, not when first iterated
+    builders = {"prose": _prose, "code": _code, "arithmetic": _arithmetic}
     return builders[name](split, seed)
 
 
@@ -158,13 +218,17 @@ def load_task(name: str, tokenizer, split: str = "train", n_blocks: int | None =
     dropped. Deterministic for (name, split, n_blocks, block_size, seed), and a smaller n_blocks gives a
     prefix of a larger one.
     """
-    if block_size < 2:
-        raise ValueError(f"block_size must be at least 2 tokens, got {block_size}")
+    if not _is_whole(block_size) or int(block_size) < 2:
+        raise ValueError(f"block_size must be at least 2 tokens and a whole number, got {block_size!r}")
+    block_size = int(block_size)
     ctx = _context_length(tokenizer)
     if ctx is not None and block_size > ctx:
         raise ValueError(f"block_size {block_size} exceeds the model's context of {ctx} tokens: use block_size <= {ctx}")
-    if n_blocks is not None and n_blocks < 1:
-        raise ValueError(f"n_blocks must be >= 1 (or None for all), got {n_blocks}")
+    if n_blocks is not None and (not _is_whole(n_blocks) or int(n_blocks) < 1):
+        raise ValueError(f"n_blocks must be >= 1 and a whole number (or None for all), got {n_blocks!r}")
+    n_blocks = None if n_blocks is None else int(n_blocks)
+    if getattr(tokenizer, "eos_token_id", "missing") == "missing" or not callable(tokenizer):
+        raise ValueError(f"tokenizer must be the tokenizer load_model returned, got {type(tokenizer).__name__}")
     docs = task_documents(name, split, seed)
     eos = tokenizer.eos_token_id
     sep_after_doc = name != "arithmetic"     # problems are separated by their newline
