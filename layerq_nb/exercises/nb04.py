@@ -89,12 +89,12 @@ _MAX_CALLS = 20_000
 
 
 @exercise("04.2", title="Bisection on nu: spend exactly the budget", answer="bisect_nu",
-          hints=("The spend S(nu) = sum_k c_k r_k(nu) never increases with nu. First find lo < hi with "
-                 "S(lo) >= B >= S(hi), starting anywhere (nu = 1) and halving lo / doubling hi until that holds.",
-                 "Then halve the bracket at its geometric mean sqrt(lo * hi) (bisection in log nu: nu can be 1e-10 "
-                 "or 1e10), keeping the half whose ends still straddle B.",
-                 "Stop when hi / lo - 1 is below about 1e-12 (or after a fixed number of halvings, e.g. 200). "
-                 "If S(mid) > B, the price is too low: mid becomes the new lo."))
+          hints=(("The spend S(nu) = sum_k c_k r_k(nu) never increases with nu. First find lo < hi with "
+                  "S(lo) >= B >= S(hi), starting anywhere (nu = 1) and halving lo / doubling hi until that holds."),
+                 ("Then halve the bracket at its geometric mean sqrt(lo * hi) (bisection in log nu: nu can be 1e-10 "
+                  "or 1e10), keeping the half whose ends still straddle B."),
+                 ("Stop when hi / lo - 1 is below about 1e-12 (or after a fixed number of halvings, e.g. 200). "
+                  "If S(mid) > B, the price is too low: mid becomes the new lo.")))
 def _bisect_nu(bisect_nu) -> str:
     from ..mdl import allocate
     for i, (what, q, cost, beta, lower, upper, budget) in enumerate(_bisection_instances()):
@@ -102,7 +102,7 @@ def _bisect_nu(bisect_nu) -> str:
         sol = allocate(q, budget, cost=cost, beta=beta, lower=lower, upper=upper)
         calls = [0]
 
-        def spend(nu, q=q, cost=cost, beta=beta, lower=lower, upper=upper):
+        def spend(nu, q=q, cost=cost, beta=beta, lower=lower, upper=upper, calls=calls, where=where):
             calls[0] += 1
             if calls[0] > _MAX_CALLS:
                 raise Mismatch(f"{where}: your function called spend more than {_MAX_CALLS:,} times: does its loop "
@@ -155,12 +155,12 @@ def _cvxpy_instances():
 
 
 @exercise("04.3", title="Program A in cvxpy, solved by Clarabel", answer="program_a_cvxpy",
-          hints=("r = cp.Variable(K). The objective is a weighted sum of concave atoms: cp.log1p of an affine "
-                 "expression of r, weighted by q_k >= 0, inside cp.Maximize.",
-                 "Constraints: the budget as an equality (cost @ r == budget), r >= lower, and r <= upper only "
-                 "where upper is finite (index both with np.isfinite(upper)).",
-                 "Solve with problem.solve(solver=cp.CLARABEL) and return r.value (a numpy array). Clarabel "
-                 "reports 'optimal' within a small duality gap: expect r to agree with the closed form to ~1e-4."))
+          hints=(("r = cp.Variable(K). The objective is a weighted sum of concave atoms: cp.log1p of an affine "
+                  "expression of r, weighted by q_k >= 0, inside cp.Maximize."),
+                 ("Constraints: the budget as an equality (cost @ r == budget), r >= lower, and r <= upper only "
+                  "where upper is finite (index both with np.isfinite(upper))."),
+                 ("Solve with problem.solve(solver=cp.CLARABEL) and return r.value (a numpy array). Clarabel "
+                  "reports 'optimal' within a small duality gap: expect r to agree with the closed form to ~1e-4.")))
 def _program_a_cvxpy(program_a_cvxpy) -> str:
     from ..mdl import allocate
     for i, (what, q, cost, beta, lower, upper, budget) in enumerate(_cvxpy_instances()):
