@@ -61,6 +61,8 @@ def module_data(tiny):
 def test_02_1_dense_zeta2():
     assert ex.check("02.1", _solution("02.1"))
     assert ex.check("02.1", lambda g, H, lam: g @ np.linalg.inv(H + lam * np.eye(len(g))) @ g)   # written differently
+    by_eigenvalues = lambda g, H, lam: float(((np.linalg.eigh(H)[1].T @ g) ** 2 / (np.linalg.eigh(H)[0] + lam)).sum())
+    assert ex.check("02.1", by_eigenvalues)
     assert ex.check("02.1", None).status == "unanswered"
     assert ex.check("02.1", lambda g, H, lam: None).status == "unanswered"
     _wrong("02.1", lambda g, H, lam: float(g @ np.linalg.solve(H, g)), "forgot the damping")
@@ -128,6 +130,17 @@ def test_02_4_kfac_solve(kfac_solve, module_data):
     _wrong("02.4", lambda A, G, grad, d: (kfac_solve(A, G, grad, d)[0].T, 1.0), "transposed")
     _wrong("02.4", lambda A, G, grad, d: kfac_solve(A, G, grad, d)[0], "return the pair")
     _wrong("02.4", lambda A, G, grad, d: np.linalg.cholesky(-A), "raised LinAlgError")
+
+    def in_float32(A, G, grad, d):              # right formula, single precision: the real module tells
+        step, zeta2 = kfac_solve(A, G, grad, d)
+        A32, G32, g32 = (torch.tensor(x, dtype=torch.float32) for x in (A, G, grad))
+        alpha, q_a = torch.linalg.eigh(A32)
+        gamma, q_g = torch.linalg.eigh(G32)
+        eig = torch.outer(gamma.clamp_min(0), alpha.clamp_min(0))
+        step = q_g @ ((q_g.T @ g32 @ q_a) / (eig + d * eig.mean())) @ q_a.T
+        return step, (g32 * step).sum()
+    verdict = ex.check("02.4", in_float32, **real)
+    assert verdict or "float32" in verdict.message, verdict.message
 
 
 def test_02_4_matches_module_solves_on_the_model(kfac_solve, module_data):
