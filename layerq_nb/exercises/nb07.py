@@ -270,7 +270,7 @@ def _diagnose(got, blocks, rank, world) -> str:
 
 
 @exercise("07.3", title="All-reduce one reducer's state: two processes equal one", answer="reduce_factor",
-          hints=(("Start from a zero (d_in, d_in) tensor with the blocks' dtype, d_in = blocks[0].shape[1]: every rank "
+          hints=(("Start from a zero (d_in, d_in) tensor with the blocks' dtype (d_in is the second dimension of any block): every rank "
                  "needs one, even a rank whose shard is empty."),
                  "Add a^T a for each block of this rank's shard (your shard(len(blocks), rank, world_size) from 07.2).",
                  ("Then one collective sums the tensor across the processes, in place; every rank must call it, "
