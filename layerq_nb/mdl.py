@@ -388,6 +388,9 @@ def _answer(sol: "Solution", program: str, tol: float) -> "Solution":
     if err > max(_SPEND_RTOL, 4 * tol):
         raise ValueError(f"program {program} cannot be solved accurately at the scale of these inputs ({what}): "
                          f"the best double-precision answer misses the budget by a relative {err:.2g}. Fix: {fix}")
+    if not sol.kkt_residual <= max(_KKT_RTOL, 4 * tol):
+        raise ValueError(f"program {program} cannot be solved accurately at the scale of these inputs ({what}): "
+                         f"the optimality conditions hold only to {sol.kkt_residual:.2g}. Fix: {fix}")
     return sol
 
 
