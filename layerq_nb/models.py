@@ -14,6 +14,7 @@ import shutil
 import socket
 import struct
 import time
+import uuid
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,9 +218,10 @@ def _remove_stale(parent: Path):
     if not parent.is_dir():
         return
     for path in parent.iterdir():
-        stem, sep, pid = path.name.rpartition(".partial-")
+        stem, sep, tail = path.name.rpartition(".partial-")
         if not sep:
-            stem, sep, pid = path.name.rpartition(".corrupt-")
+            stem, sep, tail = path.name.rpartition(".corrupt-")
+        pid = tail.split("-")[0]
         if not sep or not pid.isdigit() or int(pid) == os.getpid():
             continue
         try:
@@ -239,7 +241,7 @@ def _remove_stale(parent: Path):
 
 def _discard(folder: Path):
     """Move a bad entry out of the way atomically, then delete it (a concurrent loader may do the same)."""
-    aside = folder.with_name(folder.name + f".corrupt-{os.getpid()}")
+    aside = folder.with_name(folder.name + f".corrupt-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     try:
         os.replace(folder, aside)
     except FileNotFoundError:
@@ -272,7 +274,7 @@ def _write_cache(model, tokenizer, target: Path, source: str):
         if v.is_floating_point() and not bool(torch.isfinite(v).all()):
             raise ValueError(f"refusing to cache {source}: weight {k} holds non-finite values")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
+    tmp = target.with_name(target.name + f".partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")   # unique per writer
     try:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
