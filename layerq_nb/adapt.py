@@ -308,10 +308,10 @@ def apply_lora_moe(model, experts_per_layer, rank: int = 8, alpha: float = 16.0,
             parent = model.get_submodule(parent_name)
             wrapped[name] = (parent, attr, moe)
             setattr(parent, attr, moe)
+        return LoRAMoE(model=model, wrapped=wrapped, experts=experts, frozen=frozen)
     except BaseException:
         _undo(wrapped, frozen)
         raise
-    return LoRAMoE(model=model, wrapped=wrapped, experts=experts, frozen=frozen)
 
 
 # ----------------------------------------------------------------------------- fine-tuning
@@ -374,6 +374,8 @@ def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: floa
         finally:
             model.eval()
         after = mean_loss(model, validation, batch_size, progress=False)
+        return FinetuneResult(train_losses=losses, val_loss_before=before, val_loss_after=after,
+                              trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
     except BaseException:
         with torch.no_grad():
             for p, value, grad in saved:
@@ -382,5 +384,3 @@ def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: floa
         for m, mode in modes:
             m.training = mode
         raise
-    return FinetuneResult(train_losses=losses, val_loss_before=before, val_loss_after=after,
-                          trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
