@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import mdl
-from .data import Blocks
+from .data import Blocks, check_batch_size
 from .models import layers as find_layers
 from .models import weight_matrix, weights_restored
 from .scores import LayerScores
@@ -35,6 +35,7 @@ __all__ = ["MAPS", "METHODS", "SPECS", "sparsity_map", "magnitude_mask", "wanda_
            "PruneReport", "layer_sizes", "map_functions", "prune_sweep", "plot_sweep"]
 
 MAPS = ("uniform", "owl", "alphapruning", "layerif", "mdl")
+MAX_SPARSITY = 0.99      # the per-layer ceiling of every map (a layer needs some weights left)
 METHODS = ("magnitude", "wanda", "sparsegpt")
 
 
@@ -44,6 +45,17 @@ def layer_sizes(model) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- maps (numpy only)
+
+def _fraction(sparsity) -> float:
+    """One sparsity as a float in [0, 1), or a ValueError that names the value (nan and "0.5" included)."""
+    try:
+        value = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if isinstance(sparsity, (bool, np.bool_)) or not 0 <= value < 1:    # nan fails both comparisons
+        raise ValueError(f"sparsity must be a number in [0, 1) (a fraction of weights set to zero), got {sparsity!r}")
+    return value
+
 
 def _values(scores) -> np.ndarray:
     return np.asarray(scores.values if isinstance(scores, LayerScores) else scores, dtype=float)
@@ -61,7 +73,7 @@ def _linear_map(metric, sparsity, sizes, epsilon):
 
 def sparsity_map(kind: str, sparsity: float, sizes, scores=None, *, epsilon: float = 0.3, lam: float = 0.08,
                  band: float | None = 0.1, penalty: str = "log", window: int = 7, reverse: bool = False,
-                 upper: float = 0.99) -> np.ndarray:
+                 upper: float = MAX_SPARSITY) -> np.ndarray:
     """Per-layer sparsity s_k with sum_k n_k s_k = sparsity * sum_k n_k (see the module docstring).
 
     scores: per-layer values (LayerScores or array): the OWL outlier ratio for "owl", alpha for
@@ -70,8 +82,14 @@ def sparsity_map(kind: str, sparsity: float, sizes, scores=None, *, epsilon: flo
     if kind not in MAPS:
         raise ValueError(f"unknown sparsity map {kind!r}: use one of {', '.join(MAPS)}")
     sizes = np.asarray(sizes, dtype=float)
-    if not 0 <= sparsity < 1:
-        raise ValueError(f"sparsity {sparsity:g} must lie in [0, 1)")
+    sparsity = _fraction(sparsity)
+    if band is not None and not (np.isfinite(band) and band >= 0):
+        raise ValueError(f"band must be a finite number >= 0 (or None), got {band!r}")
+    for name, value in (("epsilon", epsilon), ("lam", lam)):
+        if not (np.isfinite(value) and value >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    if sizes.ndim != 1 or sizes.size == 0 or not np.all(np.isfinite(sizes)) or np.any(sizes <= 0):
+        raise ValueError(f"sizes must be one positive number per layer (layer_sizes(model)), got {sizes}")
     if kind != "uniform":
         if scores is None:
             raise ValueError(f"the {kind!r} map needs per-layer scores (e.g. layerq_nb.baselines or score())")
@@ -93,6 +111,11 @@ def sparsity_map(kind: str, sparsity: float, sizes, scores=None, *, epsilon: flo
             metric = savgol_filter(metric, w, 3)
         s = _linear_map(metric, sparsity, sizes, epsilon)
     else:
+        if not np.any(values > 0):
+            raise ValueError(f"the 'mdl' map needs at least one positive gain, but every score is <= 0 (from "
+                             f"{values.min():.4g} to {values.max():.4g}). Negative values (a Shapley value or a "
+                             "leave-one-out drop of a layer that hurts) count as no gain; pass gains such as zeta^2, "
+                             "or the scores of another method")
         lower = 0.0 if band is None else max(0.0, sparsity - band)
         top = upper if band is None else min(upper, sparsity + band)
         s = mdl.prune(np.clip(values, 0, None), sparsity, sizes=sizes, lower=lower, upper=top, penalty=penalty).x
@@ -228,9 +251,10 @@ def _layer_inputs(model, blocks: Blocks, batch_size: int):
     def catch(module, args, kwargs):
         calls.append((args, kwargs))
         raise _Stop
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
     device = next(model.parameters()).device
+    handle = None
     try:
+        handle = first.register_forward_pre_hook(catch, with_kwargs=True)
         for batch in blocks.batches(batch_size):
             try:
                 model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
@@ -238,7 +262,8 @@ def _layer_inputs(model, blocks: Blocks, batch_size: int):
             except _Stop:
                 pass
     finally:
-        handle.remove()
+        if handle is not None:
+            handle.remove()
     return calls
 
 
@@ -257,8 +282,10 @@ def _input_statistics(layer, calls, masks, need_hessian: bool):
             a = inputs[0].detach().reshape(-1, inputs[0].shape[-1])[state["mask"]].float()
             stats[name] = stats.get(name, 0) + (a.T @ a if need_hessian else (a * a).sum(0))
         return hook
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in layer.linears.items()]
+    handles = []
     try:
+        for n, m in layer.linears.items():
+            handles.append(m.register_forward_hook(hook_for(n)))
         for (args, kwargs), mask in zip(calls, masks):
             state["mask"] = mask
             layer.module(*args, **kwargs)
@@ -316,12 +343,49 @@ def pruned(model, sparsity, method: str = "wanda", blocks: Blocks | None = None,
     if method != "magnitude" and blocks is None:
         raise ValueError(f"{method} needs calibration blocks: pruned(model, s, {method!r}, blocks=load_task(...))")
     found = find_layers(model)
-    per_layer = np.broadcast_to(np.asarray(sparsity, dtype=float), (len(found),)).copy()
-    if np.any(per_layer < 0) or np.any(per_layer >= 1):
-        raise ValueError(f"per-layer sparsity must lie in [0, 1), got {per_layer.min():g}..{per_layer.max():g}")
+    per_layer = _per_layer_sparsity(sparsity, len(found))
+    batch_size = check_batch_size(batch_size)
+    if blocks is not None and method != "magnitude":
+        if not isinstance(blocks, Blocks) or len(blocks) == 0:
+            raise ValueError("calibration blocks must be non-empty Blocks: blocks=load_task(..., n_blocks=8)")
+    _check_n_m(n_m, found)
     with weights_restored([m for layer in found for m in layer.linears.values()]):
         achieved = _apply(model, blocks, per_layer, method, n_m, batch_size, progress)
         yield PruneReport(method=method, target=per_layer, achieved=achieved, sizes=layer_sizes(model))
+
+
+def _per_layer_sparsity(sparsity, k: int) -> np.ndarray:
+    try:
+        arr = np.asarray(sparsity, dtype=float)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity must be a number in [0, 1) or one per layer, got {sparsity!r}") from None
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.size != k):
+        raise ValueError(f"sparsity must be one number or one per layer ({k}), got shape {arr.shape}")
+    per_layer = np.broadcast_to(arr, (k,)).copy()
+    bad = ~((per_layer >= 0) & (per_layer < 1))         # nan is bad too
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"per-layer sparsity must lie in [0, 1), got {per_layer[i]:g} for layer {i}"
+                         + (" (not a number: check the sparsity map)" if np.isnan(per_layer[i]) else ""))
+    return per_layer
+
+
+def _check_n_m(n_m, found):
+    if n_m is None:
+        return
+    try:
+        n, m = (int(v) for v in n_m)
+        ok = all(float(v) == int(v) for v in n_m) and 0 <= n <= m and m >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"n_m must be a pair (N, M) of whole numbers with 0 <= N <= M, e.g. (2, 4); got {n_m!r}")
+    for layer in found:
+        for name, module in layer.linears.items():
+            cols = weight_matrix(module).shape[1]
+            if cols % m:
+                raise ValueError(f"N:M sparsity needs the input dimension of {layer.name}.{name} ({cols}) to be a "
+                                 f"multiple of M = {m}")
 
 
 # ----------------------------------------------------------------------------- maps from a model, sweeps
