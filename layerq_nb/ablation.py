@@ -26,24 +26,51 @@ def _identity(hidden_states, *args, **kwargs):
     return hidden_states
 
 
+_NONE = object()
+
+
+def _layer_indices(skip, k: int) -> list[int]:
+    """Sorted distinct layer indices, each a whole number in 0..k-1 (2.5, True and "3" are refused)."""
+    if isinstance(skip, (int, np.integer)):
+        skip = [skip]
+    out = set()
+    for i in skip:
+        whole = isinstance(i, (int, np.integer)) or (isinstance(i, (float, np.floating)) and float(i).is_integer())
+        if isinstance(i, (bool, np.bool_)) or not whole:
+            raise ValueError(f"layer indices must be whole numbers, got {i!r}")
+        out.add(int(i))
+    bad = [i for i in sorted(out) if not 0 <= i < k]
+    if bad:
+        raise ValueError(f"layers {bad} out of range: the model has layers 0..{k - 1}")
+    return sorted(out)
+
+
+def _check_blocks(blocks, what: str):
+    if not isinstance(blocks, Blocks) or len(blocks) == 0:
+        raise ValueError(f"{what} needs at least one block: load_task(..., n_blocks=2)")
+    if blocks.n_targets == 0:
+        raise ValueError(f"every label of the {blocks.task!r} blocks is masked: {what} has no loss to measure")
+
+
 @contextlib.contextmanager
 def skipped(model, skip):
     """Inside the block the layers in `skip` return their input unchanged (no compute); the model's
     own forward methods come back on exit, whatever happens inside."""
     found = find_layers(model)
-    skip = sorted({int(i) for i in skip})
-    bad = [i for i in skip if not 0 <= i < len(found)]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the model has layers 0..{len(found) - 1}")
-    patched = []
+    skip = _layer_indices(skip, len(found))
+    patched = []          # (module, its own instance `forward` before, if it had one)
     try:
         for i in skip:
-            found[i].module.forward = _identity        # an instance attribute shadows the class method
-            patched.append(found[i].module)
+            module = found[i].module
+            patched.append((module, module.__dict__.get("forward", _NONE)))
+            module.forward = _identity        # an instance attribute shadows the class method
         yield model
     finally:
-        for module in patched:
-            del module.forward
+        for module, before in reversed(patched):
+            if before is _NONE:
+                module.__dict__.pop("forward", None)
+            else:
+                module.forward = before
 
 
 @contextlib.contextmanager
@@ -72,7 +99,15 @@ def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np
     """Mean next-token NLL over `blocks` of the model with only each coalition's layers active.
     coalitions: boolean (m, K). Coalitions are batched: each forward holds up to `max_rows` rows
     (coalition x block)."""
-    coalitions = torch.as_tensor(np.asarray(coalitions, dtype=bool))
+    _check_blocks(blocks, "coalition_losses")
+    k = len(find_layers(model))
+    raw = np.asarray(coalitions)
+    if raw.ndim != 2 or raw.shape[1] != k or raw.shape[0] == 0:
+        raise ValueError(f"coalitions must be a non-empty boolean (m, {k}) array (one column per layer), "
+                         f"got shape {raw.shape}")
+    if not (isinstance(max_rows, (int, np.integer)) and max_rows >= 1):
+        raise ValueError(f"max_rows must be a whole number >= 1, got {max_rows!r}")
+    coalitions = torch.as_tensor(raw.astype(bool))
     device = next(model.parameters()).device
     n_blocks = len(blocks)
     ids, mask, labels = blocks.input_ids.to(device), blocks.attention_mask.to(device), blocks.labels.to(device)
@@ -95,7 +130,11 @@ def layer_game(model, blocks: Blocks, players, cap: bool = True, max_rows: int =
     """The value function v(S) = -min(NLL(S), log V) over boolean (m, len(players)) coalitions: the
     layers in `players` play, every other layer stays active. For `shapley.estimate`."""
     found = find_layers(model)
+    players = list(players)
+    if len(set(_layer_indices(players, len(found)))) != len(players):
+        raise ValueError(f"players must be distinct layer indices, got {players}")
     players = [int(p) for p in players]
+    _check_blocks(blocks, "layer_game")
     chance = float(np.log(model.get_output_embeddings().weight.shape[0]))
 
     def value(coalitions):
@@ -121,7 +160,7 @@ def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int
     Returns the estimate and LayerScores of phi (negative phi are kept in `values`; q clips them).
     """
     found = find_layers(model)
-    players = list(range(len(found))) if players is None else [int(p) for p in players]
+    players = list(range(len(found))) if players is None else list(players)
     bar = tqdm(total=budget if method != "exact" else 2 ** len(players), desc=f"Shapley ({method})",
                unit="coalition", disable=not progress, leave=False)
     value = layer_game(model, blocks, players, cap=cap, max_rows=max_rows, on_batch=lambda m: bar.update(m))
@@ -163,6 +202,7 @@ class Cornerstone:
 
 def cornerstone(model, blocks: Blocks, max_rows: int = 8) -> Cornerstone:
     """Drop one layer at a time (seed 002's cornerstone experiment), plus the full and empty models."""
+    _check_blocks(blocks, "cornerstone")
     k = len(find_layers(model))
     coalitions = np.vstack([np.ones(k, bool), ~np.eye(k, dtype=bool), np.zeros(k, bool)])
     losses = coalition_losses(model, blocks, coalitions, max_rows=max_rows)
