@@ -29,14 +29,18 @@ from torch.func import functional_call, jvp, vjp
 from .data import IGNORE, Blocks
 from .models import layers as find_layers
 
-__all__ = ["CURVATURES", "damping_level", "ModuleSolve", "symmetric_eigen", "kfac_eigen", "ggn_vector_product", "ExactLayer",
+__all__ = ["CURVATURES", "DAMPING_MODES", "damping_level", "ModuleSolve", "symmetric_eigen", "kfac_eigen", "ggn_vector_product", "ExactLayer",
            "exact_layer"]
 
 CURVATURES = ("identity", "diag", "kfac", "ekfac", "exact")
+DAMPING_MODES = ("relative", "absolute")
 
 
 def damping_level(damping: float, mode: str, mean_eigenvalue: float) -> float:
     """lambda = damping ("absolute") or damping * mean eigenvalue of H ("relative")."""
+    if not (isinstance(damping, (int, float)) or hasattr(damping, "__float__")) or not float(damping) >= 0 \
+            or float(damping) == float("inf"):
+        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     if mode == "absolute":
         return float(damping)
     if mode == "relative":
@@ -88,9 +92,9 @@ def _eager_attention(model):
     """Forward-mode AD has no rule for fused SDPA kernels: use eager attention inside, restore after."""
     before = getattr(model.config, "_attn_implementation", None)
     switch = before not in (None, "eager") and hasattr(model, "set_attn_implementation")
-    if switch:
-        model.set_attn_implementation("eager")
     try:
+        if switch:
+            model.set_attn_implementation("eager")
         yield
     finally:
         if switch:

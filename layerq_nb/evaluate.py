@@ -6,7 +6,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .data import IGNORE, Blocks
+from .data import IGNORE, Blocks, check_batch_size
 
 __all__ = ["token_nll", "mean_loss", "perplexity", "generate"]
 
@@ -31,6 +31,9 @@ def _check_context(model, blocks: Blocks):
 def mean_loss(model, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> float:
     """L = (1/N) sum_t -log p(y_t | y_<t) over the N non-masked targets of all blocks (fp32 sums)."""
     _check_context(model, blocks)
+    check_batch_size(batch_size)
+    if len(blocks) == 0:
+        raise ValueError("no blocks to evaluate: load some with layerq_nb.load_task(..., n_blocks=...)")
     if blocks.n_targets == 0:
         raise ValueError(f"the {blocks.task!r} blocks have no unmasked target tokens: nothing to evaluate")
     device = next(model.parameters()).device
@@ -57,6 +60,10 @@ def perplexity(model, blocks: Blocks, batch_size: int = 4, progress: bool = True
 @torch.inference_mode()
 def generate(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
     """Greedy answer to one user question, through the chat template when the tokenizer has one."""
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"question must be a non-empty string, got {question!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a whole number >= 1, got {max_new_tokens!r}")
     device = next(model.parameters()).device
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template([{"role": "user", "content": question}], tokenize=False,

@@ -25,7 +25,7 @@ import torch
 from .data import Blocks
 from .models import layers as find_layers
 from .scores import LayerScores
-from .scoring import BATCH_SIZE, _shard, module_solves
+from .scoring import BATCH_SIZE, FACTORED, _check_options, _shard, module_solves
 from .tape import GradientSum, Reducer, all_reduce, run_tape
 
 __all__ = ["Influence", "layer_influence", "PARAMS", "AGGREGATIONS"]
@@ -99,8 +99,10 @@ def layer_influence(model, train: Blocks, validation: Blocks, curvature: str = "
     """
     if params not in PARAMS:
         raise ValueError(f"params must be one of {', '.join(PARAMS)}, got {params!r}")
-    if curvature == "exact":
-        raise ValueError("layer_influence uses the factored curvatures: identity, diag, kfac or ekfac")
+    if curvature not in FACTORED:
+        raise ValueError(f"layer_influence uses the factored curvatures: {', '.join(FACTORED)}; got {curvature!r}")
+    for blocks in (train, validation):      # both checked before the first (long) pass
+        _check_options(blocks, damping, damping_mode, batch_size, seed, fisher)
     solves = module_solves(model, train, curvature, damping, damping_mode, fisher, batch_size, seed, progress)
     val_shard, val_ids = _shard(validation)
     val_grad = GradientSum()

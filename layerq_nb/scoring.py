@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import curvature as curv
-from .data import Blocks
+from .data import Blocks, check_batch_size
 from .models import layers as find_layers
 from .models import weight_matrix, weights_restored
 from .scores import LayerScores
@@ -26,6 +26,28 @@ from .tape import DiagonalFisher, EKFACCorrection, GradientSum, KFACFactors, all
 __all__ = ["score", "layer_gradients", "module_solves", "newton_step", "NewtonStep", "loss_after_step"]
 
 METHODS = ("zeta2", "grad_norm")
+FISHERS = ("sampled", "empirical")
+GRANULARITIES = ("block", "module")
+FACTORED = ("identity", "diag", "kfac", "ekfac")     # the curvatures with one solve object per module
+
+
+def _check_options(blocks, damping, damping_mode, batch_size, seed=0, fisher="sampled"):
+    """Everything a scoring pass takes, checked before the first forward pass."""
+    if not isinstance(blocks, Blocks) or len(blocks) == 0:
+        raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
+    if blocks.n_targets == 0:
+        raise ValueError(f"every label of the {blocks.task!r} blocks is masked: there is no loss to differentiate")
+    if isinstance(damping, bool) or not isinstance(damping, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number >= 0 (e.g. 0.1, relative to the mean eigenvalue), "
+                         f"got {damping!r}")
+    if damping_mode not in curv.DAMPING_MODES:
+        raise ValueError(f"damping_mode must be one of {', '.join(curv.DAMPING_MODES)}, got {damping_mode!r}")
+    if fisher not in FISHERS:
+        raise ValueError(f"fisher must be 'sampled' (true Fisher) or 'empirical' (data labels), got {fisher!r}")
+    check_batch_size(batch_size)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
 
 # Blocks per forward/backward pass of the scoring passes. On CPU one block per pass costs no time
 # (SmolLM2 EK-FAC scoring of 2,048 tokens: 67 s at 1, 71 s at 4) and keeps the peak memory under
@@ -64,8 +86,9 @@ def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float
     """(H + lam I)^-1 per (layer, module) for the factored curvatures: identity, diag, kfac, ekfac.
     `only`: layer indices to build (default all). `gradients=True` also returns the layer gradients,
     taken from the same forward passes as the first statistics pass: (solves, grads)."""
-    if fisher not in ("sampled", "empirical"):
-        raise ValueError(f"fisher must be 'sampled' (true Fisher) or 'empirical' (data labels), got {fisher!r}")
+    _check_options(blocks, damping, damping_mode, batch_size, seed, fisher)
+    if curvature not in FACTORED:
+        raise ValueError(f"unknown curvature {curvature!r} here: module_solves builds {', '.join(FACTORED)}")
     labels = "sampled" if fisher == "sampled" else "data"
     keys = [(layer.index, name) for layer in find_layers(model) for name in layer.linears
             if only is None or layer.index in only]
@@ -126,8 +149,13 @@ def score(model, blocks: Blocks, method: str = "zeta2", curvature: str = "kfac",
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if curvature not in curv.CURVATURES:
         raise ValueError(f"unknown curvature {curvature!r}: use one of {', '.join(curv.CURVATURES)}")
-    if granularity not in ("block", "module"):
+    if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be 'block' or 'module', got {granularity!r}")
+    if curvature == "exact" and method == "zeta2" and granularity != "block":
+        raise ValueError("curvature='exact' scores whole layers: use granularity='block'")
+    _check_options(blocks, damping, damping_mode, batch_size, seed, fisher)
+    if isinstance(max_dense, bool) or not isinstance(max_dense, (int, np.integer)) or max_dense < 0:
+        raise ValueError(f"max_dense must be a whole number >= 0, got {max_dense!r}")
     found = find_layers(model)
     factored = method == "zeta2" and curvature != "exact"
     if factored:    # gradients ride on the statistics pass (one forward, two backwards)
@@ -190,7 +218,22 @@ def loss_after_step(model, blocks: Blocks, layer: int, steps: dict, scale: float
     """Mean loss L(theta - scale * step) on `blocks`, with the step applied to layer `layer`'s linear
     modules alone (`steps` maps module name -> (d_out, d_in) tensor). The weights come back bit-identical."""
     from .evaluate import mean_loss
-    target = find_layers(model)[layer]
+    found = find_layers(model)
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(found):
+        raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{len(found) - 1}")
+    target = found[layer]
+    if not (isinstance(scale, (int, float, np.integer, np.floating)) and np.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    for name, step in steps.items():     # every step checked before any weight moves
+        if name not in target.linears:
+            raise ValueError(f"{target.name} has no module {name!r}: it has {', '.join(target.linears)}")
+        shape = tuple(weight_matrix(target.linears[name]).shape)
+        if not isinstance(step, torch.Tensor) or tuple(step.shape) != shape:
+            raise ValueError(f"the step for {target.name}.{name} must be a {shape} tensor (d_out, d_in), got "
+                             f"{tuple(step.shape) if isinstance(step, torch.Tensor) else type(step).__name__}")
+        if not bool(torch.isfinite(step).all()):
+            raise ValueError(f"the step for {target.name}.{name} holds non-finite values: raise the damping")
+    check_batch_size(batch_size)
     with weights_restored(list(target.linears.values())):
         with torch.no_grad():
             for name, step in steps.items():
@@ -208,11 +251,14 @@ def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damp
     which is zeta^2 / 2 at scale 1. The model's weights are restored afterwards.
     """
     from .evaluate import mean_loss
-    if curvature in ("exact",):
-        raise ValueError("newton_step uses the factored curvatures: identity, diag, kfac or ekfac")
+    if curvature not in FACTORED:
+        raise ValueError(f"newton_step uses the factored curvatures: {', '.join(FACTORED)}; got {curvature!r}")
     found = find_layers(model)
-    if not 0 <= layer < len(found):
-        raise ValueError(f"layer {layer} out of range: the model has layers 0..{len(found) - 1}")
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(found):
+        raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{len(found) - 1}")
+    if not (isinstance(scale, (int, float, np.integer, np.floating)) and np.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    _check_options(blocks, damping, damping_mode, batch_size, seed)
     solves, grads = module_solves(model, blocks, curvature, damping, damping_mode, "sampled", batch_size, seed,
                                   progress, only={layer}, gradients=True)
     target = found[layer]

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import torch
 from tqdm.auto import tqdm
 
-from .data import IGNORE, Blocks
+from .data import IGNORE, Blocks, check_batch_size
 from .models import layers as find_layers
 
 __all__ = ["Reducer", "GradientSum", "KFACFactors", "DiagonalFisher", "EKFACCorrection", "run_tape",
@@ -209,6 +209,7 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     """
     if len(blocks) == 0:
         raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
+    batch_size = check_batch_size(batch_size)
     if blocks.n_targets == 0:
         raise ValueError(f"every label of the {blocks.task!r} blocks is masked: there is no loss to differentiate")
     n_targets = n_targets or blocks.n_targets
