@@ -6,6 +6,7 @@ type can be loaded, compared and plotted without torch.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,18 +83,79 @@ class LayerScores:
                            "metadata": self.metadata}, indent=1, default=_plain)
 
     @classmethod
-    def from_json(cls, text: str) -> "LayerScores":
-        d = json.loads(text)
-        return cls(method=d["method"], values=np.array(d["values"]), names=tuple(d["names"]), metadata=d["metadata"])
+    def from_json(cls, text: str, source: str = "the JSON text") -> "LayerScores":
+        """The inverse of `to_json`, checked: a file that is not one gets a ValueError naming what is wrong."""
+        def bad(why):
+            return ValueError(f"{source} is not a saved LayerScores: {why}. Save scores with scores.save(path) "
+                              "(or `layerq score --out`)")
+        try:
+            d = json.loads(text)
+        except ValueError as err:
+            raise bad(f"not JSON ({err})") from None
+        if not isinstance(d, dict):
+            raise bad(f"a JSON {type(d).__name__}, not an object")
+        missing = [k for k in ("method", "values", "names") if k not in d]
+        if missing:
+            raise bad(f"no {', '.join(repr(k) for k in missing)} field")
+        method, values, names, meta = d["method"], d["values"], d["names"], d.get("metadata", {})
+        if not isinstance(method, str):
+            raise bad(f"'method' is {method!r}, not a string")
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise bad("'names' is not a list of layer names")
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in values):
+            raise bad("'values' is not a list of numbers")
+        if not isinstance(meta, dict):
+            raise bad("'metadata' is not an object")
+        if len(values) != len(names):
+            raise bad(f"{len(values)} values for {len(names)} names")
+        arr = np.array(values, dtype=float)
+        if method in _GAINS or method.startswith(_GAINS):
+            neg = np.flatnonzero(arr < 0)
+            if neg.size:
+                raise bad(f"{method} gains are >= 0, but {names[neg[0]]} has {arr[neg[0]]:g} (a corrupt or "
+                          "edited file)")
+        try:
+            return cls(method=method, values=arr, names=tuple(names), metadata=meta)
+        except ValueError as err:
+            raise bad(str(err)) from None
 
     def save(self, path) -> Path:
+        """Write the scores as JSON (atomically: a failed write leaves no half file behind)."""
         path = Path(path)
-        path.write_text(self.to_json())
+        _write_text(path, self.to_json())
         return path
 
     @classmethod
     def load(cls, path) -> "LayerScores":
-        return cls.from_json(Path(path).read_text())
+        path = Path(path)
+        try:
+            text = path.read_text()
+        except UnicodeDecodeError:
+            raise ValueError(f"{path} is not a saved LayerScores: not a text file") from None
+        return cls.from_json(text, source=str(path))
+
+
+_GAINS = ("zeta2", "grad_norm")    # methods whose values are gains, never negative
+
+
+def _write_text(path: Path, text: str):
+    """Write a text file through a temporary file renamed into place, so that an interrupted or failed
+    write (Ctrl-C, a full disk) leaves the old file or none, never half of one. A path that exists and
+    is not a regular file (/dev/null, a pipe) is written in place; a folder raises IsADirectoryError."""
+    if path.exists() and not path.is_file():
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder: give a file name")
+        with open(path, "w") as f:
+            f.write(text)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _plain(obj):
