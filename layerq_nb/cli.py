@@ -1,15 +1,25 @@
-"""The `layerq` command: `layerq demo` runs the pipeline on the default real model; `layerq doctor` reports versions."""
+"""The `layerq` command: `layerq demo` runs the pipeline on the default real model; `layerq doctor` reports versions.
+
+Every argument and output path is checked before a model loads, and every failure is one line on
+stderr with a non-zero exit code (2 for bad input or a failing environment, 130 for Ctrl-C, 1 for an
+unexpected error); `--debug` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib.metadata
 import importlib.util
 import math
+import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "torchvision_problem"]
 
 EPILOG = """examples:
   layerq demo                          real SmolLM2-135M: model facts, perplexity per task, an answer
@@ -34,20 +44,96 @@ def _versions() -> dict[str, str]:
     return out
 
 
+# torch 2.N pairs with torchvision 0.(N + 15), built for the same platform (the "+cpu" / "+cu128" tag)
+_TORCHVISION_OFFSET = 15
+KRONFLUENCE_INSTALL = 'pip install -e ".[kronfluence]" && pip install --no-deps "kronfluence==1.0.1"'
+
+
+def _release(version: str) -> tuple[tuple[int, ...], str]:
+    base, _, local = version.partition("+")
+    parts = []
+    for piece in base.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts), local
+
+
+def torchvision_problem(torch_version: str | None = None, torchvision_version: str | None = None,
+                        try_import: bool = True) -> str | None:
+    """None when torchvision is absent or matches torch; otherwise one line naming the mismatch and its
+    fix. layerq_nb never needs torchvision, but a mismatched one breaks `import transformers` (its
+    compiled operators, e.g. torchvision::nms, are missing from the installed torch)."""
+    def version(dist):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+    torch_version = torch_version or version("torch")
+    torchvision_version = torchvision_version or version("torchvision")
+    if torchvision_version is None or torch_version is None:
+        return None
+    (t_major, t_minor), t_local = _release(torch_version)
+    (v_major, v_minor), v_local = _release(torchvision_version)
+    expected = f"0.{t_minor + _TORCHVISION_OFFSET}" if t_major == 2 else None
+    index = f"https://download.pytorch.org/whl/{t_local}" if t_local else "PyPI (no --index-url)"
+    fix = ("Fix: pip uninstall -y torchvision (layerq_nb and kronfluence run without it), or install the matching "
+           f"build: pip install \"torchvision=={expected}.*\" --index-url {index}" if expected else
+           "Fix: pip uninstall -y torchvision (layerq_nb and kronfluence run without it)")
+    why = None
+    if expected and f"{v_major}.{v_minor}" != expected:
+        why = f"torchvision {torchvision_version} does not match torch {torch_version} (which pairs with {expected}.x)"
+    elif t_local != v_local:
+        why = (f"torchvision {torchvision_version} is a different build from torch {torch_version} "
+               f"({v_local or 'PyPI default'} vs {t_local or 'PyPI default'})")
+    elif try_import:
+        try:
+            run = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True, text=True,
+                                 timeout=120)
+            if run.returncode != 0:
+                last = (run.stderr.strip().splitlines() or ["?"])[-1]
+                why = f"torchvision {torchvision_version} does not import with torch {torch_version} ({last})"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return f"{why}: transformers (and so load_model) may fail to import. {fix}" if why else None
+
+
 def cmd_doctor(args) -> int:
-    from .models import SHIPPED_GGUF, SHORT_NAMES, cache_dir, pick_device
+    from .models import SHIPPED_GGUF, SHORT_NAMES, CacheError, cache_dir, cached_folder, check_cache, pick_device
     for name, version in _versions().items():
         print(f"{name:>14}  {version}")
+    try:
+        tv = importlib.metadata.version("torchvision")
+    except importlib.metadata.PackageNotFoundError:
+        tv = "not installed (not needed)"
+    print(f"{'torchvision':>14}  {tv}")
+    try:
+        kf = importlib.metadata.version("kronfluence")
+    except importlib.metadata.PackageNotFoundError:
+        kf = f"not installed (optional, for benchmarks: {KRONFLUENCE_INSTALL})"
+    print(f"{'kronfluence':>14}  {kf}")
     print(f"{'device':>14}  {pick_device('auto')}")
     print(f"{'cache':>14}  {cache_dir()}")
-    for short, hub_id in SHORT_NAMES.items():
-        cached = cache_dir() / "models" / hub_id.replace("/", "--")
-        where = f"cached at {cached}" if (cached / "config.json").exists() else "not cached"
+    problems = []
+    for short in SHORT_NAMES:
+        cached = cached_folder(short)
+        if cached.exists():
+            try:
+                check_cache(cached, full=False)
+                where = f"cached at {cached}"
+            except CacheError as err:
+                where = f"CORRUPT cache at {cached} ({err})"
+                problems.append(f"{short}: the cache entry is corrupt ({err}); delete it: rm -r '{cached}'")
+        else:
+            where = "not cached"
         if short in SHIPPED_GGUF:
             pkg = SHIPPED_GGUF[short][0]
             shipped = importlib.util.find_spec(pkg) is not None
             where += f"; offline weights ({pkg.replace('_', '-')}) {'installed' if shipped else 'missing'}"
         print(f"{short:>14}  {where}")
+    tv_problem = torchvision_problem()
+    if tv_problem:
+        problems.append(tv_problem)
+    print(f"{'status':>14}  " + ("; ".join(problems) if problems else "ok"))
     return 0
 
 
@@ -77,6 +163,116 @@ def cmd_lab(args) -> int:
         raise ImportError('JupyterLab is not installed: pip install "layerq_nb[notebooks]"')
     return subprocess.call(command)
 
+
+# ----------------------------------------------------------------------------- checks before any loading
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (and the pointer to --help)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _whole(name: str, value, low: int):
+    if value is None or value < low:
+        raise ValueError(f"--{name} must be >= {low}, got {value}")
+
+
+def _finite(name: str, value, low: float, strict: bool = False, high: float | None = None):
+    ok = math.isfinite(value) and (value > low if strict else value >= low) and (high is None or value <= high)
+    if not ok:
+        bound = f"{'>' if strict else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+        raise ValueError(f"--{name} must be a finite number {bound}, got {value}")
+
+
+def _check_model(name: str):
+    from .models import SHORT_NAMES, TINY
+    path = Path(name).expanduser()
+    if name in SHORT_NAMES or name == TINY or path.is_dir():
+        return
+    if path.exists():
+        raise ValueError(f"--model {name} is a file: give a folder with config.json and the weights, a short name "
+                         f"({', '.join(SHORT_NAMES)}) or a Hugging Face id")
+    if name.startswith((".", "/", "~")) or os.sep + os.sep in name:
+        raise ValueError(f"--model {name}: no such folder")
+    if "/" not in name:
+        raise ValueError(f"unknown model {name!r}: use one of {', '.join([*SHORT_NAMES, TINY])}, "
+                         "a Hugging Face id such as 'HuggingFaceTB/SmolLM2-135M', or a local folder")
+
+
+def _check_out(out: str | None):
+    """The output file can be written: not a folder, in an existing folder we may create files in."""
+    if out is None:
+        return
+    path = Path(out).expanduser()
+    if path.is_dir():
+        raise ValueError(f"--out {out} is a folder: give a file name, e.g. --out {path / 'result.json'}")
+    if path.exists() and not path.is_file():      # /dev/null and the like: written in place
+        return
+    parent = path.parent
+    if not parent.exists():
+        raise ValueError(f"--out {out}: the folder {parent} does not exist (create it first: mkdir -p {parent})")
+    if not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is not a folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"--out {out} is not writable")
+    try:
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".layerq-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"--out {out}: cannot write in {parent} ({err.strerror or err})") from None
+
+
+def _write_out(out: str, text: str):
+    """Write `text` to `out` atomically where it is a regular file (a full disk leaves no half file)."""
+    from .scores import _write_text
+    _write_text(Path(out).expanduser(), text)
+
+
+def _check_common(args):
+    from .data import check_task
+    from .models import pick_device
+    _check_model(args.model)
+    pick_device(args.device)
+    for name in ("blocks", "batch_size", "eval_blocks"):
+        if hasattr(args, name):
+            _whole(name.replace("_", "-"), getattr(args, name), 1)
+    if hasattr(args, "block_size"):
+        _whole("block-size", args.block_size, 2)
+    tasks = getattr(args, "tasks", None) or [args.task]
+    for task in tasks:
+        check_task(task, getattr(args, "split", "train"), load=False)
+    _check_out(getattr(args, "out", None))
+    for task in tasks:            # hf: datasets last: loading one is the slowest check (it probes the hub)
+        if task.startswith("hf:"):
+            check_task(task, getattr(args, "split", "train"))
+
+
+def _check_score(args):
+    _finite("damping", args.damping, 0.0)
+    _check_common(args)
+
+
+def _check_prune(args):
+    from .pruning import MAX_SPARSITY, SPECS
+    _finite("sparsity", args.sparsity, 0.0, high=MAX_SPARSITY)
+    _finite("band", args.band, 0.0)
+    if args.map.removesuffix("-reverse") not in SPECS:
+        raise ValueError(f"unknown map {args.map!r}: use one of {', '.join(SPECS)} (or <map>-reverse)")
+    _check_common(args)
+
+
+def _check_allocate(args):
+    _whole("rank", args.rank, 1)
+    if args.budget is not None:
+        _whole("budget", args.budget, 1)
+    _finite("beta", args.beta, 0.0, strict=True)
+    _finite("lr", args.lr, 0.0, strict=True)
+    _whole("steps", args.steps, 0)
+    _check_common(args)
+
+
+# ----------------------------------------------------------------------------- commands
 
 def cmd_demo(args) -> int:
     from .data import load_task
@@ -151,7 +347,7 @@ def cmd_score(args) -> int:
         for name, value, q in zip(result.names, result.values, result.q):
             print(f"  {name:<24}{value:>14.5g}{q:>9.4f}")
         if args.out:
-            result.save(args.out)
+            _write_out(args.out, result.to_json())
             print(f"wrote {args.out}")
     if dist:
         dist.destroy_process_group()
@@ -191,11 +387,10 @@ def cmd_prune(args) -> int:
     print(f"global sparsity {report.global_sparsity:.4f} (asked {args.sparsity}); {args.task} test perplexity "
           f"dense {dense:.2f} -> {args.method} + {args.map} {ppl:.2f}  ({args.eval_blocks} blocks x {args.block_size})")
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(dict(model=args.model, task=args.task, method=args.method, map=args.map,
-                           sparsity=args.sparsity, achieved=report.global_sparsity, dense_perplexity=dense,
-                           perplexity=ppl, target=report.target.tolist(), per_layer=np.round(report.achieved, 6).tolist(),
-                           layers=[layer.name for layer in layers(model)]), f, indent=1)
+        _write_out(args.out, json.dumps(dict(
+            model=args.model, task=args.task, method=args.method, map=args.map, sparsity=args.sparsity,
+            achieved=report.global_sparsity, dense_perplexity=dense, perplexity=ppl, target=report.target.tolist(),
+            per_layer=np.round(report.achieved, 6).tolist(), layers=[layer.name for layer in layers(model)]), indent=1))
         print(f"wrote {args.out}")
     return 0
 
@@ -210,7 +405,7 @@ def cmd_allocate(args) -> int:
         scores = score(model, train, curvature="kfac")
     else:
         scores = layer_influence(model, train, val).scores("positive")
-    budget = args.budget or int(args.rank * rank_costs(model).sum())
+    budget = args.budget if args.budget is not None else int(args.rank * rank_costs(model).sum())
     allocations = {"uniform": lora_rank_pattern(model, "uniform", budget),
                    f"mdl-{args.scores}": lora_rank_pattern(model, scores, budget, beta=args.beta)}
     print(f"budget {budget:,} LoRA parameters over {len(scores)} layers (q: {scores.method} on {args.task})")
@@ -229,16 +424,25 @@ def cmd_allocate(args) -> int:
 
 def _add_model_and_device(parser):
     parser.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .curvature import CURVATURES, DAMPING_MODES
+    from .data import SPLITS
+    from .pruning import METHODS as PRUNE_METHODS
+    from .scoring import FISHERS, GRANULARITIES
+    from .scoring import METHODS as SCORE_METHODS
+    parser = _Parser(
         prog="layerq", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Layer-wise capacity in small LLMs: score layers, allocate capacity, prune.")
-    sub = parser.add_subparsers(dest="command", metavar="command")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
 
-    demo = sub.add_parser("demo", help="load the default real model and report perplexity per task",
+    demo = sub.add_parser("demo", parents=[debug], help="load the default real model and report perplexity per task",
                           description="Load a real pretrained model and report its facts, held-out "
                                       "perplexity on each task, and one generated answer.")
     _add_model_and_device(demo)
@@ -247,31 +451,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
     demo.add_argument("--batch-size", type=int, default=4, help="blocks per forward pass (default: %(default)s)")
     demo.add_argument("--question", default="What is 12 + 35?", help="question for the generated answer")
-    demo.set_defaults(func=cmd_demo)
+    demo.set_defaults(func=cmd_demo, check=_check_common)
 
-    sc = sub.add_parser("score", help="layer scores zeta^2 (or grad-norm) on a task; torchrun-ready",
+    sc = sub.add_parser("score", parents=[debug], help="layer scores zeta^2 (or grad-norm) on a task; torchrun-ready",
                         description="Score every layer of a model on a task. Under torchrun "
                                     "(torchrun --nproc_per_node=2 -m layerq_nb.cli score ...) the blocks are "
                                     "sharded across processes and the statistics summed.")
     _add_model_and_device(sc)
     sc.add_argument("--task", default="prose", help="prose, code, arithmetic or hf:<dataset> (default: %(default)s)")
-    sc.add_argument("--split", default="train", help="train, validation or test (default: %(default)s)")
+    sc.add_argument("--split", default="train", choices=SPLITS, help="(default: %(default)s)")
     sc.add_argument("--blocks", type=int, default=8, help="blocks to score on (default: %(default)s)")
     sc.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
-    sc.add_argument("--method", default="zeta2", choices=["zeta2", "grad_norm"])
-    sc.add_argument("--curvature", default="kfac", choices=["identity", "diag", "kfac", "ekfac", "exact"])
-    sc.add_argument("--damping", type=float, default=0.1, help="damping level (default: %(default)s)")
-    sc.add_argument("--damping-mode", default="relative", choices=["relative", "absolute"])
-    sc.add_argument("--fisher", default="sampled", choices=["sampled", "empirical"])
-    sc.add_argument("--granularity", default="block", choices=["block", "module"])
+    sc.add_argument("--method", default="zeta2", choices=SCORE_METHODS)
+    sc.add_argument("--curvature", default="kfac", choices=CURVATURES)
+    sc.add_argument("--damping", type=float, default=0.1, help="damping level >= 0 (default: %(default)s)")
+    sc.add_argument("--damping-mode", default="relative", choices=DAMPING_MODES)
+    sc.add_argument("--fisher", default="sampled", choices=FISHERS)
+    sc.add_argument("--granularity", default="block", choices=GRANULARITIES)
     sc.add_argument("--batch-size", type=int, default=1,
                     help="blocks per pass (default: %(default)s, as scoring.BATCH_SIZE: no slower on CPU and "
                          "under 4 GiB for SmolLM2 EK-FAC; raise it on a GPU)")
     sc.add_argument("--seed", type=int, default=0)
     sc.add_argument("--out", default=None, help="write the LayerScores as JSON here")
-    sc.set_defaults(func=cmd_score)
+    sc.set_defaults(func=cmd_score, check=_check_score)
 
-    pr = sub.add_parser("prune", help="prune with a per-layer sparsity map and report perplexity",
+    pr = sub.add_parser("prune", parents=[debug], help="prune with a per-layer sparsity map and report perplexity",
                         description="Prune every linear map of every decoder layer with a per-layer sparsity "
                                     "map, report the zeros per layer and the held-out perplexity, restore the model.")
     _add_model_and_device(pr)
@@ -279,23 +483,24 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--sparsity", type=float, default=0.5, help="global fraction of zeros (default: %(default)s)")
     pr.add_argument("--map", default="mdl-zeta2", help="uniform, owl, alphapruning, layerif, mdl-zeta2, mdl-layerif, "
                                                         "or any of them + '-reverse' (default: %(default)s)")
-    pr.add_argument("--method", default="wanda", choices=["magnitude", "wanda", "sparsegpt"])
+    pr.add_argument("--method", default="wanda", choices=PRUNE_METHODS)
     pr.add_argument("--band", type=float, default=0.1, help="MDL maps keep s_k within S -/+ band (default: %(default)s)")
     pr.add_argument("--blocks", type=int, default=8, help="calibration blocks (default: %(default)s)")
     pr.add_argument("--eval-blocks", type=int, default=16, help="test blocks for perplexity (default: %(default)s)")
     pr.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
     pr.add_argument("--batch-size", type=int, default=4)
     pr.add_argument("--out", default=None, help="write the result as JSON here")
-    pr.set_defaults(func=cmd_prune)
+    pr.set_defaults(func=cmd_prune, check=_check_prune)
 
-    al = sub.add_parser("allocate", help="LoRA ranks per layer from layer scores (MDL program A)",
+    al = sub.add_parser("allocate", parents=[debug], help="LoRA ranks per layer from layer scores (MDL program A)",
                         description="Allocate LoRA ranks per layer at a parameter budget from zeta^2 or LayerIF "
                                     "scores; with --train, fine-tune uniform and MDL ranks briefly and compare.")
     _add_model_and_device(al)
     al.add_argument("--task", default="arithmetic", help="task to score and train on (default: %(default)s)")
     al.add_argument("--scores", default="zeta2", choices=["zeta2", "layerif"])
     al.add_argument("--rank", type=int, default=2, help="budget = this uniform rank's parameters (default: %(default)s)")
-    al.add_argument("--budget", type=int, default=None, help="LoRA parameter budget (overrides --rank)")
+    al.add_argument("--budget", type=int, default=None, help="LoRA parameter budget > 0 (overrides --rank); "
+                                                              "ranks are capped at min(d_in, d_out)")
     al.add_argument("--beta", type=float, default=1.0, help="program A's beta (default: %(default)s)")
     al.add_argument("--blocks", type=int, default=8, help="training blocks (default: %(default)s)")
     al.add_argument("--block-size", type=int, default=128, help="tokens per block (default: %(default)s)")
@@ -303,17 +508,33 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--steps", type=int, default=20)
     al.add_argument("--lr", type=float, default=1e-3)
     al.add_argument("--seed", type=int, default=0)
-    al.set_defaults(func=cmd_allocate)
+    al.set_defaults(func=cmd_allocate, check=_check_allocate)
 
-    doctor = sub.add_parser("doctor", help="versions, device and where the model weights come from")
+    doctor = sub.add_parser("doctor", parents=[debug], help="versions, device and where the model weights come from")
     doctor.set_defaults(func=cmd_doctor)
 
-    lab = sub.add_parser("lab", help="start JupyterLab on the tutorials (copies them first when installed from a wheel)",
+    lab = sub.add_parser("lab", parents=[debug], help="start JupyterLab on the tutorials (copies them first when installed from a wheel)",
                          description="Other options (e.g. --no-browser, --port 9999) are passed on to jupyter lab.")
     lab.add_argument("--dir", default="layerq_tutorials", help="where to copy the tutorials to (wheel installs)")
     lab.add_argument("--dry-run", action="store_true", help="print the command instead of starting JupyterLab")
     lab.set_defaults(func=cmd_lab)
     return parser
+
+
+def _one_line(err: BaseException) -> str:
+    """The message of an anticipated failure, on one line, with the fix where there is a usual one."""
+    import torch
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
+        return f"out of memory ({text}): lower --batch-size or --blocks, or use a smaller --model"
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return f"no space left on the device ({text}): free some space or choose another --out"
+    if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)):
+        return f"{text}: choose another --out (or fix the permissions)"
+    return text
+
+
+ANTICIPATED = (ValueError, OSError, ImportError, MemoryError)     # bad input, files, cache, environment
 
 
 def main(argv=None) -> int:
@@ -325,11 +546,26 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    debug = getattr(args, "debug", False) or os.environ.get("LAYERQ_DEBUG", "") not in ("", "0")
     try:
+        if getattr(args, "check", None):
+            args.check(args)           # every argument and path, before a model loads
         return args.func(args)
-    except (ValueError, FileNotFoundError, ImportError) as err:   # bad input: one line, no traceback
-        print(f"layerq {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"layerq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        import torch
+        if isinstance(err, (*ANTICIPATED, torch.OutOfMemoryError)):
+            print(f"layerq {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            return 2
+        print(f"layerq {args.command}: unexpected error: {type(err).__name__}: {_one_line(err)} "
+              "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from IPython.display import HTML, display
 from ._assets import tutorial, tutorials
 
 STACK = ("layerq_nb", "ipywidgets", "anywidget", "jupyterlab_widgets", "ipykernel", "jupyterlab", "notebook",
-         "jupyter_server", "traitlets", "comm", "matplotlib", "torch")
+         "jupyter_server", "traitlets", "comm", "matplotlib", "torch", "torchvision")
 
 FAILED_TO_LOAD = (
     'The classic "Failed to load model class \'AnyModel\' from module \'anywidget\'" (or "Error displaying widget") '
@@ -69,9 +69,11 @@ def _servers() -> list[dict]:
 
 def doctor_report() -> dict:
     """Everything `%layerq doctor` prints, as plain data."""
+    from ..cli import torchvision_problem
     return dict(kernel_python=sys.executable, kernel=_version_table(), labextensions=_labextensions(),
                 servers=[dict(url=s.get("url"), pid=s.get("pid"), python=s.get("python"), version=s.get("version"))
-                         for s in _servers()])
+                         for s in _servers()],
+                torch_stack=torchvision_problem())
 
 
 def _version_table() -> dict[str, str]:
@@ -95,6 +97,8 @@ def format_doctor(report: dict) -> str:
     if ext.get("anywidget") and ext["anywidget"] != report["kernel"]["anywidget"]:
         problems.append(f"anywidget {report['kernel']['anywidget']} in the kernel but {ext['anywidget']} in the server")
     lines.append("status: " + ("; ".join(problems) + "\n" + FAILED_TO_LOAD if problems else "widget stack consistent"))
+    if report.get("torch_stack"):
+        lines.append("torch stack: " + report["torch_stack"])
     return "\n".join(lines)
 
 
