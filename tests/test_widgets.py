@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,6 +122,14 @@ def test_transfer_regret_and_shapley_convergence_widgets():
     sc.method.value = "permutation"
     sc.go(1)
     assert sc.error is None and "permutation at 64" in sc.text.value
+    # the rate printed is the one fitted to the errors drawn, not a claim
+    assert sc.result.evaluations["permutation"][1] == 32 and not np.isfinite(sc.result.rate("permutation"))
+    assert "permutation no rate" in sc.text.value and "antithetic exact at every budget" in sc.text.value
+    assert "1/sqrt" not in sc.text.value
+    n = np.array([10, 100, 1000, 2000])      # 12 players: 4096 coalitions, none of these budgets reaches them
+    fake = steps.Convergence(exact=np.ones(12), budgets=tuple(n), errors={"a": 3 * n ** -0.5, "b": np.zeros(4)},
+                             evaluations={"a": n, "b": n}, estimates={"a": [], "b": []})
+    assert fake.rate("a") == pytest.approx(-0.5) and np.isnan(fake.rate("b")) and fake.exact_at("b").all()
 
 
 # ----------------------------------------------------------------------------- model steps (tiny model)
@@ -177,35 +186,168 @@ def test_newton_line_and_curvature_widget(tiny, tiny_train):
     for i in range(3):
         w.go(i)
         assert w.error is None and w.figure is not None
+    # the verdict printed follows the Spearman correlation computed, whatever it is
+    rho, *_ = w.study.rank_agreement(w.curvature.value, w.damping.value)
+    verdict = ("almost unchanged" if rho >= 0.9 else "moves some of them" if rho >= 0.5 else "reorders the layers")
+    assert f"{rho:.2f}" in w.text.value and verdict in w.text.value
+    from scipy.stats import spearmanr
+    assert rho == pytest.approx(spearmanr(w.study.at(w.curvature.value, w.damping.value), w.study.grad_norm2)[0])
     w.run_newton(scales=(0.0, 1.0))
     assert w.step.value == 3 and "zeta^2/2" in w.text.value
 
 
-def test_pruning_widget_masks_and_evaluates(tiny, tiny_train):
-    from layerq_nb.models import layers, weight_matrix
+@settings(max_examples=25, deadline=None)
+@given(k=st.integers(1, 40), S=st.floats(0.05, 0.85), band=st.sampled_from([None, 0.05, 0.1, 0.3]),
+       penalty=st.sampled_from(["log", "quadratic"]), seed=st.integers(0, 999))
+def test_pruning_program_is_prune_and_matches_cvxpy(k, S, band, penalty, seed):
+    rng = np.random.default_rng(seed)
+    q, sizes = rng.random(k) ** 3 + 1e-3, rng.integers(100, 5000, k).astype(float)
+    lo, hi = steps.band_bounds(S, band)
+    p = steps.pruning_program(q, S, sizes, lower=lo, upper=hi, penalty=penalty)
+    np.testing.assert_array_equal(p.solution.x, lq.prune(q, S, sizes=sizes, lower=lo, upper=hi, penalty=penalty).x)
+    # Clarabel may call its own x "inaccurate"; the reference's active-set polish still lands on the optimum
+    assert p.reference_error == "" and p.reference.status.startswith("optimal") and p.reference_gap < 1e-6
+    assert p.kkt_residual < 1e-9 and p.reference_kkt_residual < 1e-6
+    assert p.global_sparsity(p.solution.nu) == pytest.approx(S, abs=1e-9)
+    for i in range(len(p.trace)):        # every bracket holds nu*, and its midpoint's spend is reported
+        nlo, nhi, mid, g = p.bracket(i)
+        assert nlo * (1 - 1e-9) <= p.solution.nu <= nhi * (1 + 1e-9) and g == pytest.approx(p.global_sparsity(mid))
+    # the KKT check is not a rubber stamp: a feasible but wrong point fails it
+    if k > 1 and np.ptp(p.solution.x) > 0.05 and np.all((p.problem.lower < S) & (S < p.problem.upper)):
+        assert steps.kkt_residual(p.problem, np.full(k, S), p.solution.nu) > 1e-5
+
+
+@pytest.fixture(scope="module")
+def tiny_test(tiny):
+    return lq.load_task("prose", tiny[1], split="test", n_blocks=2, block_size=24)
+
+
+@pytest.fixture(scope="module")
+def pruning_stepper(tiny, tiny_train, tiny_test):
+    from layerq_nb.baselines import outlier_ratio
     from layerq_nb.ui import Pruning
     model = tiny[0]
     scores = lq.score(model, tiny_train, progress=False)
-    w = Pruning(model, tiny_train, tiny_train, maps={"mdl": scores}, sparsity=0.5)
-    w.map.value = "mdl"
+    return Pruning(model, tiny_train, tiny_test, maps={"owl": outlier_ratio(model, tiny_train), "mdl": scores,
+                                                       "mdl-reverse": scores}, sparsity=0.5)
+
+
+def test_pruning_stepper_program_b_and_maps(tiny, pruning_stepper):
+    from layerq_nb.pruning import layer_sizes, sparsity_map
+    w, sizes = pruning_stepper, layer_sizes(tiny[0])
+    assert len(w.steps) == 4 and w.step.value == 0 and w.error is None and w.figure is not None
     w.sparsity.value = 0.6
-    per_layer = w.per_layer()
-    assert per_layer @ w.sizes / w.sizes.sum() == pytest.approx(0.6)
-    w.stack.set_state({"selected": 1})
-    mask = w.mask()
-    d_in = weight_matrix(layers(model)[1].linears[w.module.value]).shape[1]
-    assert mask.sum(1).eq(int(per_layer[1] * d_in)).all()          # Wanda: the same count in every row
-    assert w.heatmap.cells.mean() == pytest.approx(1 - mask.float().mean().item(), abs=1e-6)
+    q = np.clip(w.scores.values, 0, None)
+    p = w.program()
+    # step 1: the closed form is lq.prune with the mdl map's band, and cvxpy agrees with it
+    np.testing.assert_array_equal(p.solution.x, lq.prune(q, 0.6, sizes=sizes, lower=0.5, upper=0.7).x)
+    assert p.reference_gap < 1e-6 and p.reference_kkt_residual < 1e-6
+    assert "status optimal" in w.text.value and "KKT" in w.text.value
+    np.testing.assert_allclose(w.stack.bar_values, p.solution.x, rtol=1e-6)
+    w.trace_step.value = 2
+    *_, mid, g = p.bracket(2)
+    assert f"try nu = {mid:.4g}" in w.text.value and f"{g:.6f}" in w.text.value
+    w.penalty.value = "quadratic"
+    assert "q_k s_k = nu n_k" in w.text.value and w.program().problem.penalty == "quadratic"
+    w.penalty.value = "log"
+    # step 2: every map keeps the global sparsity; mdl is program B's solution; -reverse mirrors it
+    w.next.click()
+    assert w.step.value == 1 and w.error is None and w.figure is not None
+    maps = w.sparsity_maps()
+    assert set(maps.per_layer) == {"uniform", "owl", "mdl", "mdl-reverse"}
+    for name, s in maps.per_layer.items():
+        assert sizes @ s / sizes.sum() == pytest.approx(0.6, abs=1e-12)
+    np.testing.assert_array_equal(maps["mdl"], p.solution.x)
+    np.testing.assert_allclose(maps["mdl-reverse"], 1.2 - p.solution.x)
+    np.testing.assert_array_equal(maps["owl"], sparsity_map("owl", 0.6, sizes, w.maps["owl"]))
+    for name in maps.per_layer:
+        w.map.value = name
+        assert w.error is None and "Global sparsity" in w.text.value
+        np.testing.assert_allclose(w.stack.bar_values, maps[name], rtol=1e-6)
+    w.map.value = "mdl"
+
+
+def test_pruning_stepper_masks_are_each_methods_own(tiny, tiny_train, pruning_stepper):
+    from layerq_nb.baselines import input_norms
+    from layerq_nb.models import layers, weight_matrix
+    from layerq_nb.pruning import magnitude_mask, pruned, sparsegpt, wanda_mask
+    w, model = pruning_stepper, tiny[0]
+    w.go(2)
+    assert w.error is None and w.figure is not None and w.heatmap.layout.display is None
+    norms = input_norms(model, tiny_train, batch_size=1)
+    for layer, module in ((0, "self_attn.q_proj"), (0, "mlp.down_proj"), (2, "mlp.gate_proj")):
+        w.stack.set_state({"selected": layer})
+        w.module.value = module
+        s = float(w.per_layer()[layer])
+        weight = weight_matrix(layers(model)[layer].linears[module])
+        inputs = w.layer_inputs(layer)
+        # Wanda's statistic, summed by this step, is exactly the one baselines.input_norms sums
+        assert torch.equal(inputs.input_norm(module), norms[(layer, module)])
+        expected = {"magnitude": magnitude_mask(weight, s), "wanda": wanda_mask(weight, norms[(layer, module)], s),
+                    "sparsegpt": sparsegpt(weight, inputs.hessian[module], s)[1]}
+        for method, mask in expected.items():
+            w.method.value = method
+            assert w.error is None and method in w.text.value.lower()
+            assert torch.equal(w.mask(), mask), (layer, module, method)
+            assert w.heatmap.cells.mean() == pytest.approx(1 - mask.float().mean().item(), abs=1e-6)
+            assert w.matrix_mask() is w.matrix_mask()            # cached, not recomputed
+        assert not torch.equal(expected["sparsegpt"], expected["wanda"])   # SparseGPT shows its own mask
+        assert w.layer_inputs(layer) is inputs
+        if layer == 0:       # layer 0's inputs are the same dense or pruned: pruned() leaves exactly these weights
+            for method in expected:
+                with pruned(model, w.per_layer(), method, blocks=tiny_train, batch_size=1, progress=False):
+                    assert torch.equal(weight_matrix(layers(model)[0].linears[module]),
+                                       w.matrix_mask(method).weight), method
+
+
+def test_pruning_stepper_evaluates_in_pruned_and_restores(tiny, tiny_train, tiny_test, pruning_stepper):
+    import threading
+
+    from layerq_nb.pruning import pruned
+    w, model = pruning_stepper, tiny[0]
+    w.map.value, w.method.value, w.sparsity.value = "mdl", "sparsegpt", 0.6
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    row = w.evaluate()
-    # Wanda keeps floor(s_k d_in) per row, so each matrix may fall short by up to one weight per row
-    narrowest = min(weight_matrix(m).shape[1] for layer in layers(model) for m in layer.linears.values())
-    assert row["perplexity"] > 1 and 0.6 - 1 / narrowest <= row["achieved"] <= 0.6 + 1e-9
-    assert all((model.state_dict()[k] == v).all() for k, v in before.items())
+    threads = threading.active_count()
+    w.go(3)                                        # arriving at step 4 evaluates, synchronously
+    assert threading.active_count() == threads and w.error is None and w.figure is not None
+    assert w.progress.value == w.progress.max and len(w.results) == 1
+    row, result = w.results[-1], w.evaluations[w._key()]
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+    assert result.restored and "Weights restored" in w.text.value and "weights restored" in w.status.value
+    with pruned(model, w.per_layer(), "sparsegpt", blocks=tiny_train, batch_size=1, progress=False) as report:
+        expected = lq.perplexity(model, tiny_test, batch_size=1, progress=False)
+    assert row["perplexity"] == expected and row["achieved"] == report.global_sparsity
+    assert row["dense_perplexity"] == lq.perplexity(model, tiny_test, batch_size=1, progress=False)
+    assert f"{expected:.3f}" in w.text.value
+    w.go(2)
+    w.go(3)                                        # cached: no second evaluation on arrival
+    assert len(w.results) == 1
     w.method.value = "magnitude"
-    w.evaluate(background=True)
-    w.thread.join(timeout=60)
+    assert "Press Evaluate" in w.text.value
+    w.button.click()
     assert len(w.results) == 2 and "magnitude @ 60%" in w.report.value
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items())
+
+
+def test_pruning_stepper_defaults_and_bad_maps(tiny, tiny_train, tiny_test):
+    from layerq_nb.pruning import layer_sizes
+    from layerq_nb.ui import Pruning
+    model = tiny[0]
+    with pytest.raises(ValueError, match="map 'foo'"):
+        Pruning(model, tiny_train, tiny_test, maps={"foo": np.ones(3)})
+    w = Pruning(model, tiny_train, tiny_test, maps={"half": lambda s: np.full(3, s)}, sparsity=0.4,
+                with_reference=False, evaluate_on_arrival=False)
+    zeta2 = lq.score(model, tiny_train, curvature="kfac", batch_size=1, progress=False)
+    np.testing.assert_array_equal(w.q, zeta2.values)             # no mdl map given: K-FAC zeta^2 on calibration
+    assert list(w.map.options) == ["uniform", "half", "mdl"] and w.map.value == "mdl"
+    assert "cvxpy skipped" in w.text.value
+    w.go(1)
+    w.map.value = "half"
+    np.testing.assert_array_equal(w.per_layer(), np.full(3, 0.4))
+    sizes = layer_sizes(model)
+    assert sizes @ w.per_layer() / sizes.sum() == pytest.approx(0.4)
+    w.go(3)
+    assert w.results == [] and "Press Evaluate" in w.text.value
 
 
 # ----------------------------------------------------------------------------- extension

@@ -190,15 +190,29 @@ class ShapleyConvergence(Stepper):
             Step("Exact values", lambda: (
                 f"2^{n_players} = {2 ** n_players} coalitions, each one forward pass with a subset of layers active. "
                 f"phi sums to v(N) - v(empty) = {self.result.exact.sum():.4g} (efficiency)."), self._draw_exact),
-            Step("Error against the budget", lambda: (
-                f"{self.method.value} at {self.budget.value} evaluations: max error "
-                f"{self._error():.3g}. Antithetic pairs and the kernel estimator's efficiency constraint cut the "
-                "variance; all estimators converge at about 1/sqrt(evaluations)."), self._draw_errors),
+            Step("Error against the budget", self._error_text, self._draw_errors),
         ]
         super().__init__(steps, side=self.stack, controls=[widgets.HBox([self.method, self.budget])])
 
     def _error(self) -> float:
         return float(self.result.errors[self.method.value][self.result.budgets.index(self.budget.value)])
+
+    def _error_text(self) -> str:
+        """The error at the chosen budget and each estimator's fitted rate (computed from the errors drawn)."""
+        r = self.result
+
+        def rate(method):
+            fitted = r.rate(method)
+            if np.isfinite(fitted):
+                return f"{method} n^{fitted:.2f}"
+            if r.exact_at(method).all():
+                return f"{method} exact at every budget"
+            return f"{method} no rate (fewer than two budgets below 2^{r.exact.size} evaluations with an error left)"
+        return (f"{self.method.value} at {self.budget.value} evaluations: max error {self._error():.3g}. "
+                "Error ~ n^slope, the slope fitted by least squares to the points drawn (log error against log "
+                "distinct evaluations, leaving out errors at rounding level and budgets that reach all "
+                f"2^{r.exact.size} coalitions): " + "; ".join(rate(m) for m in r.errors) +
+                ". A plain Monte-Carlo average would give n^-0.50; a few budgets on one game make these rough.")
 
     def _draw_exact(self, fig):
         ax = fig.subplots()

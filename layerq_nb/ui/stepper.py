@@ -19,7 +19,7 @@ __all__ = ["Step", "Stepper", "new_figure", "figure_png"]
 @dataclass(frozen=True)
 class Step:
     title: str
-    text: Callable[[], str] | str            # plain text; a callable is re-evaluated on every redraw
+    text: Callable[[], str] | str            # plain text, one paragraph per line; a callable is re-evaluated on every redraw
     draw: Callable[[Figure], None] | None = None
 
 
@@ -78,7 +78,7 @@ class Stepper(widgets.VBox):
         self.title.value = f"<b>Step {self.step.value + 1} of {len(self.steps)}: {html.escape(step.title)}</b>"
         try:
             text = step.text() if callable(step.text) else step.text
-            self.text.value = f"<p>{html.escape(text)}</p>"
+            self.text.value = "".join(f"<p>{html.escape(line)}</p>" for line in text.split("\n"))   # a line, a paragraph
             figure = None
             if step.draw is not None:
                 figure = new_figure()

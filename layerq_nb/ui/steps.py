@@ -1,8 +1,8 @@
 """The pure step functions behind the widgets: plain data in, small frozen dataclasses out.
 
 Each function computes everything one widget shows, so the widget only draws, and pytest checks
-the numbers without a kernel or a browser. The MDL steps (allocation, transfer regret, Shapley
-convergence) need numpy only; the model steps import torch when they run.
+the numbers without a kernel or a browser. The MDL steps (allocation, pruning program B, transfer
+regret, Shapley convergence) need numpy only; the model steps import torch when they run.
 """
 from __future__ import annotations
 
@@ -14,7 +14,10 @@ from .. import mdl
 
 __all__ = [
     "Isolation", "gradient_isolation", "CurvatureStudy", "curvature_study", "NewtonLine", "newton_line",
-    "DampingSweep", "damping_sweep", "AllocationSteps", "allocation_steps", "RegretCurve", "regret_curve", "Convergence", "shapley_convergence",
+    "DampingSweep", "damping_sweep", "AllocationSteps", "allocation_steps", "RegretCurve", "regret_curve",
+    "Convergence", "shapley_convergence", "band_bounds", "kkt_residual", "PruningProgram", "pruning_program",
+    "SparsityMaps", "sparsity_maps", "LayerInputs", "layer_inputs", "MatrixMask", "matrix_mask",
+    "PruneEvaluation", "prune_evaluation", "weight_fingerprint", "map_kind",
 ]
 
 DAMPINGS = tuple(float(d) for d in np.logspace(-3, 1, 17))   # relative damping grid of the slider
@@ -78,6 +81,14 @@ class CurvatureStudy:
         """zeta^2 per scored layer at the grid damping nearest (in log) to `damping`."""
         i = int(np.argmin(np.abs(np.log(self.dampings) - np.log(damping))))
         return self.zeta2[curvature][i]
+
+    def rank_agreement(self, curvature: str, damping: float) -> tuple[float, int, int]:
+        """(Spearman rho of zeta^2 against ||g||^2 over the scored layers, top layer by zeta^2, top layer by
+        ||g||^2); rho is NaN with fewer than three layers (no rank correlation to speak of)."""
+        from scipy.stats import spearmanr
+        z = self.at(curvature, damping)
+        rho = float(spearmanr(z, self.grad_norm2)[0]) if z.size > 2 else float("nan")
+        return rho, int(self.layers[int(np.argmax(z))]), int(self.layers[int(np.argmax(self.grad_norm2))])
 
 
 def _quantiles(values, n: int = 200) -> np.ndarray:
@@ -281,6 +292,20 @@ class Convergence:
     evaluations: dict            # method -> (len(budgets),) distinct value evaluations made
     estimates: dict              # method -> list of values per budget
 
+    def exact_at(self, method: str, floor: float = 1e-9) -> np.ndarray:
+        """Per budget: is the error at rounding level (below floor x max(1, max |phi|))?"""
+        return np.asarray(self.errors[method], float) <= floor * max(1.0, float(np.max(np.abs(self.exact))))
+
+    def rate(self, method: str, floor: float = 1e-9) -> float:
+        """Least-squares slope of log(error) against log(distinct evaluations) for one method (-0.5 would be
+        the Monte-Carlo 1/sqrt(n)), over the budgets where the error is above rounding (`exact_at`) and the
+        evaluations stay below the 2^K coalitions there are. NaN when fewer than two such budgets remain."""
+        err, n = np.asarray(self.errors[method], float), np.asarray(self.evaluations[method], float)
+        ok = ~self.exact_at(method, floor) & (n > 0) & (n < 2 ** self.exact.size)
+        if np.unique(n[ok]).size < 2:
+            return float("nan")
+        return float(np.polyfit(np.log(n[ok]), np.log(err[ok]), 1)[0])
+
 
 def shapley_convergence(value_fn, n_players: int, methods=("permutation", "antithetic", "stratified", "kernel"),
                         budgets=(32, 64, 128, 256), seed: int = 0) -> Convergence:
@@ -310,3 +335,331 @@ def shapley_convergence(value_fn, n_players: int, methods=("permutation", "antit
         evaluations[method] = np.array([r.evaluations for r in runs])
         estimates[method] = [r.values for r in runs]
     return Convergence(exact=exact, budgets=tuple(budgets), errors=errors, evaluations=evaluations, estimates=estimates)
+
+
+# ----------------------------------------------------------------------------- pruning: program B (numpy)
+
+def band_bounds(sparsity: float, band: float | None = 0.1, upper: float = 0.99) -> tuple[float, float]:
+    """The bounds `pruning.sparsity_map("mdl", ...)` gives program B: s_k within S -/+ band, inside [0, upper]."""
+    lo = 0.0 if band is None else max(0.0, sparsity - band)
+    hi = upper if band is None else min(upper, sparsity + band)
+    return lo, hi
+
+
+def kkt_residual(problem, x, nu: float, tol: float = 1e-7) -> float:
+    """The KKT conditions of an MDL program at any (x, nu), e.g. cvxpy's answer: the largest relative
+    violation of the budget, the bounds, nu >= 0, and stationarity with complementary slackness (a free
+    layer has phi-gradient = nu w_k; at a bound the reduced gradient points out of the box). Layers
+    within `tol` of a bound count as at it."""
+    x = np.asarray(x, dtype=float)
+    w, lower, upper = problem.weights, problem.lower, problem.upper
+    scale = max(1.0, abs(problem.target), float(w @ np.abs(x)))
+    budget = abs(float(w @ x) - problem.target) / scale
+    bounds = max(0.0, float(np.max(lower - x)), float(np.max(x - upper)))
+    grad = problem.gradient(np.clip(x, lower, upper))
+    reduced = (1.0 if problem.sense == "max" else -1.0) * (grad - nu * w)
+    at_lower = x <= lower + tol * np.maximum(1.0, np.abs(lower))
+    at_upper = ~at_lower & (x >= upper - tol * np.maximum(1.0, np.abs(upper)))
+    ref = max(float(np.max(np.abs(nu * w))), float(np.max(np.abs(grad))), 1e-300)
+    viol = np.where(at_lower, np.maximum(reduced, 0.0),
+                    np.where(at_upper, np.maximum(-reduced, 0.0), np.abs(reduced))) / ref
+    return float(max(budget, bounds, max(0.0, -nu), np.max(viol)))
+
+
+@dataclass(frozen=True)
+class PruningProgram:
+    """MDL program B solved by (traced) bisection on nu and by cvxpy, each with its KKT residual."""
+    solution: mdl.Solution
+    trace: tuple                  # (nu_lo, nu_hi, nu_mid, sum_k n_k s_k(nu_mid)) per bisection step
+    reference: object | None      # reference.ReferenceSolution (nu in the closed form's units), None if skipped or failed
+    kkt_residual: float           # of the closed form
+    reference_kkt_residual: float  # the same conditions at cvxpy's (s, nu); NaN without a reference
+    reference_error: str = ""     # why cvxpy gave no answer, when it failed
+
+    @property
+    def problem(self):
+        return self.solution.problem
+
+    @property
+    def reference_gap(self) -> float:
+        """max_k |s_k - s_k(cvxpy)|: the closed form against an independent solver."""
+        return float("nan") if self.reference is None else float(np.max(np.abs(self.solution.x - self.reference.x)))
+
+    def s_of_nu(self, nu: float) -> np.ndarray:
+        """s_k(nu) = clip(1 - q_k / (nu n_k), lo_k, hi_k) (log penalty) or clip(nu n_k / q_k, ...) (quadratic)."""
+        return self.problem.x_of_nu(float(nu))
+
+    def global_sparsity(self, nu: float) -> float:
+        """sum_k n_k s_k(nu) / sum_k n_k: non-decreasing in nu, so bisection finds the nu that gives S."""
+        n = self.problem.sizes
+        return float(n @ self.s_of_nu(nu) / n.sum())
+
+    def bracket(self, i: int) -> tuple[float, float, float, float]:
+        """Bisection step i: (nu_lo, nu_hi, nu_mid, global sparsity at nu_mid)."""
+        lo, hi, mid, spend = self.trace[int(np.clip(i, 0, len(self.trace) - 1))]
+        return lo, hi, mid, spend / float(self.problem.sizes.sum())
+
+
+def pruning_program(q, sparsity: float, sizes, lower=0.0, upper=0.99, penalty: str = "log",
+                    with_reference: bool = True) -> PruningProgram:
+    """Program B (Amaefuna et al., arXiv 2603.00910): min sum_k q_k phi(s_k) s.t. sum_k n_k s_k = S sum_k n_k,
+    lower <= s <= upper, solved as `mdl.prune` solves it (bisection on nu), certified, and by cvxpy.
+
+    cvxpy gets the sizes divided by their mean: the same program (the budget is homogeneous in n), but
+    with millions of weights per layer Clarabel's tight tolerances otherwise fail on some instances; its
+    nu is scaled back (q phi'(s) = nu n = (nu c)(n / c)). A solver failure is reported, not raised."""
+    import dataclasses
+    solution = mdl.verify(mdl.prune(q, sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty))
+    reference, ref_kkt, ref_error = None, float("nan"), ""
+    if with_reference:
+        from .. import reference as ref
+        scale = float(np.mean(solution.problem.sizes))
+        try:
+            reference = ref.prune(q, sparsity, sizes=solution.problem.sizes / scale, lower=lower, upper=upper,
+                                  penalty=penalty)
+            reference = dataclasses.replace(reference, nu=reference.nu / scale)
+            ref_kkt = kkt_residual(solution.problem, reference.x, reference.nu)
+        except Exception as error:       # cvxpy's SolverError and the like: the closed form still stands
+            ref_error = f"{type(error).__name__}: {error}"
+    return PruningProgram(solution=solution, trace=tuple(mdl.bisection_trace(solution)), reference=reference,
+                          kkt_residual=solution.kkt_residual, reference_kkt_residual=ref_kkt,
+                          reference_error=ref_error)
+
+
+# ----------------------------------------------------------------------------- pruning: the per-layer maps
+
+def map_kind(name: str) -> str:
+    """The `pruning.MAPS` kind a map's name stands for: "mdl", "mdl-zeta2" -> "mdl"; "owl-reverse" -> "owl"."""
+    base = name.removesuffix("-reverse")
+    return "mdl" if base.startswith("mdl") else base.split("-")[0]
+
+
+@dataclass(frozen=True)
+class SparsityMaps:
+    """Every offered map's per-layer sparsity s_k at one global sparsity S."""
+    sparsity: float
+    sizes: np.ndarray
+    per_layer: dict               # name -> (K,) s_k, for the maps that reach S
+    errors: dict                  # name -> why the map cannot reach S (some s_k outside [0, 0.99])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name in self.errors:
+            raise ValueError(self.errors[name])
+        return self.per_layer[name]
+
+    def global_sparsity(self, name: str) -> float:
+        """sum_k n_k s_k / sum_k n_k: equal to S for every map (the sizes weigh the layers)."""
+        return float(self.sizes @ self[name] / self.sizes.sum())
+
+
+def sparsity_maps(specs: dict, sparsity: float, sizes, band: float | None = 0.1, penalty: str = "log") -> SparsityMaps:
+    """specs: name -> None ("uniform"), per-layer scores for the map kind the name says (`map_kind`;
+    "-reverse" mirrors it), or a function sparsity -> s_k (as `pruning.map_functions` returns)."""
+    from ..pruning import sparsity_map
+    sizes = np.asarray(sizes, dtype=float)
+    per_layer, errors = {}, {}
+    for name, spec in specs.items():
+        try:
+            if callable(spec):
+                s = np.asarray(spec(sparsity), dtype=float)
+            else:
+                s = sparsity_map(map_kind(name), sparsity, sizes, spec, band=band, penalty=penalty,
+                                 reverse=name.endswith("-reverse"))
+            per_layer[name] = s
+        except ValueError as error:
+            errors[name] = str(error)
+    return SparsityMaps(sparsity=float(sparsity), sizes=sizes, per_layer=per_layer, errors=errors)
+
+
+# ----------------------------------------------------------------------------- pruning: one matrix's mask
+
+class _Stop(Exception):
+    pass
+
+
+@dataclass(frozen=True, eq=False)
+class LayerInputs:
+    """Calibration statistics of one decoder layer's linear maps, from the dense model's inputs to it
+    (summed exactly as `pruning.pruned` sums them, so layer 0 matches it bit for bit)."""
+    layer: int
+    hessian: dict                 # module -> (d_in, d_in) float32 H = sum_t a_t a_t^T over unpadded tokens
+    sq_norm: dict                 # module -> (d_in,) float32 sum_t a_t^2 (Wanda's ||X_j||^2)
+    tokens: int
+
+    def input_norm(self, module: str):
+        """||X_j||_2 per input feature of `module` (Wanda's activation statistic)."""
+        return self.sq_norm[module].sqrt()
+
+
+def layer_inputs(model, blocks, layer: int, batch_size: int = 1) -> LayerInputs:
+    """One pass over `blocks` that stops after decoder layer `layer` and sums, for each of its linear maps,
+    a_t a_t^T and a_t^2 over the unpadded tokens (a_t: the map's input)."""
+    import torch
+
+    from ..models import layers as find_layers
+    target = find_layers(model)[layer]
+    hessian, sq_norm, state = {}, {}, {"tokens": 0}
+
+    def hook_for(name):
+        def hook(module, inputs, output):
+            a = inputs[0].detach().reshape(-1, inputs[0].shape[-1])[state["mask"]].float()
+            sq_norm[name] = sq_norm.get(name, 0) + (a * a).sum(0)
+            hessian[name] = hessian.get(name, 0) + a.T @ a
+        return hook
+
+    def stop(module, inputs, output):
+        raise _Stop
+    handles = [m.register_forward_hook(hook_for(n)) for n, m in target.linears.items()]
+    handles.append(target.module.register_forward_hook(stop))
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for batch in blocks.batches(batch_size):
+                state["mask"] = batch["attention_mask"].reshape(-1).bool().to(device)
+                state["tokens"] += int(state["mask"].sum())
+                try:
+                    model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                          use_cache=False)
+                except _Stop:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return LayerInputs(layer=layer, hessian=hessian, sq_norm=sq_norm, tokens=state["tokens"])
+
+
+@dataclass(frozen=True, eq=False)
+class MatrixMask:
+    """One matrix pruned by one method: its mask, the matrix left behind, and what it costs the outputs."""
+    layer: int
+    module: str
+    method: str
+    sparsity: float
+    mask: object                  # (d_out, d_in) bool torch tensor, True = pruned
+    weight: object                # (d_out, d_in) float32: the matrix as pruning leaves it (SparseGPT updates survivors)
+    output_error: float           # ||(W - W') X||_F^2 / ||W X||_F^2 on the calibration inputs (NaN without them)
+    input_norm: np.ndarray | None  # ||X_j|| per input column (None without calibration statistics)
+
+    @property
+    def pruned_fraction(self) -> float:
+        return float(self.mask.float().mean())
+
+    @property
+    def row_fraction(self) -> np.ndarray:
+        """Fraction pruned in each output row (Wanda: the same in every row)."""
+        return self.mask.float().mean(1).numpy()
+
+    @property
+    def column_fraction(self) -> np.ndarray:
+        """Fraction pruned in each input column (Wanda and SparseGPT spare the columns with large inputs)."""
+        return self.mask.float().mean(0).numpy()
+
+
+def matrix_mask(weight, method: str, sparsity: float, inputs: LayerInputs | None = None, module: str | None = None,
+                layer: int = -1) -> MatrixMask:
+    """The mask `method` gives one (d_out, d_in) matrix at sparsity s, with the public functions of
+    `pruning`: magnitude_mask (whole matrix), wanda_mask (|W_ij| ||X_j|| per output row) or sparsegpt
+    (OBS on H = sum_t a_t a_t^T, which also updates the surviving weights)."""
+    from ..pruning import METHODS, magnitude_mask, sparsegpt, wanda_mask
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}: use one of {', '.join(METHODS)}")
+    have = inputs is not None and module in inputs.hessian
+    if method != "magnitude" and not have:
+        raise ValueError(f"{method} needs calibration statistics of the matrix: pass inputs=layer_inputs(...) "
+                         "and its module name")
+    W = weight.detach().float()
+    if method == "magnitude":
+        mask = magnitude_mask(W, sparsity)
+        after = W.masked_fill(mask, 0.0)
+    elif method == "wanda":
+        mask = wanda_mask(W, inputs.input_norm(module), sparsity)
+        after = W.masked_fill(mask, 0.0)
+    else:
+        after, mask = sparsegpt(W, inputs.hessian[module], sparsity)
+        after = after.masked_fill(mask, 0.0)           # as pruned() leaves it
+    error, norm = float("nan"), None
+    if have:
+        H, w, d = inputs.hessian[module].double(), W.double(), (W - after).double()
+        base = float(((w @ H) * w).sum())
+        error = float(((d @ H) * d).sum()) / base if base > 0 else float("nan")
+        norm = inputs.input_norm(module).numpy()
+    return MatrixMask(layer=layer, module=module or "", method=method, sparsity=float(sparsity), mask=mask,
+                      weight=after, output_error=error, input_norm=norm)
+
+
+# ----------------------------------------------------------------------------- pruning: perplexity
+
+def weight_fingerprint(model) -> str:
+    """A blake2b digest of the bytes of every decoder linear weight: equal digests, bit-identical weights."""
+    import hashlib
+
+    import torch
+
+    from ..models import layers as find_layers
+    digest = hashlib.blake2b(digest_size=16)
+    for layer in find_layers(model):
+        for module in layer.linears.values():
+            digest.update(module.weight.detach().cpu().contiguous().view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class PruneEvaluation:
+    """Held-out perplexity of the dense model and of the model pruned inside `pruned()`, and the proof
+    that the weights came back: the fingerprint before and after."""
+    method: str
+    target: np.ndarray            # requested s_k
+    achieved: np.ndarray          # zeros counted per layer while pruned
+    sizes: np.ndarray
+    dense_perplexity: float
+    perplexity: float
+    fingerprint_before: str
+    fingerprint_after: str
+    seconds: float
+
+    @property
+    def global_sparsity(self) -> float:
+        return float(self.sizes @ self.achieved / self.sizes.sum())
+
+    @property
+    def requested_sparsity(self) -> float:
+        return float(self.sizes @ self.target / self.sizes.sum())
+
+    @property
+    def restored(self) -> bool:
+        return self.fingerprint_before == self.fingerprint_after
+
+
+STAGES = 5
+
+
+def prune_evaluation(model, calibration, evaluation, per_layer, method: str, dense_perplexity: float | None = None,
+                     batch_size: int = 1, on_stage=None, progress: bool = False) -> PruneEvaluation:
+    """Fingerprint, prune with `per_layer` and `method` inside `pruning.pruned`, measure the perplexity on
+    `evaluation`, leave the block (every weight copied back), fingerprint again. Synchronous on purpose:
+    while it runs nothing else can use the pruned model. on_stage(i, STAGES, text) reports the stage;
+    progress=True adds the core's per-layer and per-block bars."""
+    import time
+
+    from ..evaluate import perplexity
+    from ..pruning import pruned
+
+    def stage(i, text):
+        if on_stage is not None:
+            on_stage(i, STAGES, text)
+    start = time.perf_counter()
+    if dense_perplexity is None:
+        stage(0, "measuring the dense perplexity")
+        dense_perplexity = perplexity(model, evaluation, batch_size=batch_size, progress=progress)
+    stage(1, "fingerprinting the weights")
+    before = weight_fingerprint(model)
+    stage(2, f"pruning ({method})")
+    with pruned(model, per_layer, method, blocks=calibration, batch_size=batch_size, progress=progress) as report:
+        stage(3, "measuring the pruned perplexity")
+        ppl = perplexity(model, evaluation, batch_size=batch_size, progress=progress)
+        stage(4, "restoring the weights")
+    after = weight_fingerprint(model)
+    stage(5, "done")
+    return PruneEvaluation(method=method, target=np.asarray(report.target, float), achieved=report.achieved,
+                           sizes=report.sizes, dense_perplexity=float(dense_perplexity), perplexity=float(ppl),
+                           fingerprint_before=before, fingerprint_after=after, seconds=time.perf_counter() - start)
