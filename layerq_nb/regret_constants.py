@@ -8,7 +8,8 @@ Theorem 4 (transfer regret): allocating with source scores q_S on a target progr
 With mu_T the strong-concavity and L_T the smoothness modulus of F_T on the feasible box, L_q the
 Lipschitz constant of grad_x F_q in q, and kappa_T = L_T / mu_T (the moduli `mdl.regret_bound` returns):
 
-- the paper's route: ||x_S - x_T|| <= (L_q / mu_T) delta, then L_T-smoothness at the target optimum,
+- the paper's route (its argument as reconstructed from the paper and its code; the theorem itself states
+  the O(kappa_T delta^2) form): ||x_S - x_T|| <= (L_q / mu_T) delta, then L_T-smoothness at the target optimum,
       R <= (L_T / 2) ||x_S - x_T||^2 <= kappa_T L_q^2 / (2 mu_T) delta^2        (`paper_bound`);
   the smoothness step drops the first-order term -grad F_T(x_T)^T (x_S - x_T) >= 0, which is zero when
   no bound is active in either program (or both share their active set) but adds to R otherwise;
@@ -32,8 +33,8 @@ def _moduli(mu: float, smoothness: float, lipschitz_q: float) -> None:
 
 
 def paper_bound(delta: float, mu: float, smoothness: float, lipschitz_q: float) -> float:
-    """kappa_T L_q^2 / (2 mu_T) * delta^2, kappa_T = L_T / mu_T (arXiv 2603.00910, Theorem 4, the form
-    its proof gives: L_T-smoothness at x_T times ||x_S - x_T||^2 <= (L_q delta / mu_T)^2).
+    """kappa_T L_q^2 / (2 mu_T) * delta^2, kappa_T = L_T / mu_T (arXiv 2603.00910, Theorem 4: the constant of
+    its smoothness route, L_T / 2 times ||x_S - x_T||^2 <= (L_q delta / mu_T)^2).
 
     Valid as a bound when grad F_T(x_T)^T (x_S - x_T) = 0 (no active bound, or a shared active set).
     Infinite when mu_T = 0 (a target layer with zero score: F_T is not strongly concave).
