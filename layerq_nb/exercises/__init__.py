@@ -12,8 +12,6 @@ import importlib
 
 from ._core import (REGISTRY, RESULTS, Exercise, Mismatch, NotAnswered, Verdict, call, check, close, equal,
                     exercise, get, instance_rng, mode, passed, progress, run_solution)
-from ._legacy import *  # noqa: F401,F403  (number-only checks not yet moved to their notebook's module)
-from ._legacy import SOLUTIONS as _LEGACY_SOLUTIONS
 from .reveal import hint, solution
 
 __all__ = ["check", "hint", "solution", "passed", "progress", "exercises", "solution_code", "Exercise", "Verdict",
@@ -54,8 +52,6 @@ def solution_code(key: str) -> str:
     table = getattr(module, "SOLUTIONS", {})
     if key in table:
         return table[key].strip("\n")
-    if key in _LEGACY_SOLUTIONS:
-        return _LEGACY_SOLUTIONS[key]
-    if module is None and not _LEGACY_SOLUTIONS:
+    if module is None:
         raise LookupError("this edition of layerq_nb ships no solutions: ask your instructor")
     raise KeyError(f"no solution for exercise {key!r}")
