@@ -239,8 +239,23 @@ class PruneReport:
         return float(self.sizes @ self.achieved / self.sizes.sum())
 
 
-class _Stop(Exception):
-    pass
+class StopForward(Exception):
+    """Raised by a hook to end a forward pass once the layers it needs have run."""
+
+
+def forward_until_stopped(model, blocks: Blocks, batch_size: int, before_batch=None) -> None:
+    """Run the model over `blocks` with no gradients; a hook that raises `StopForward` ends a batch early (the
+    layers after it are never computed). `before_batch(batch)` runs first, e.g. to note its token mask."""
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in blocks.batches(batch_size):
+            if before_batch is not None:
+                before_batch(batch)
+            try:
+                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                      use_cache=False)
+            except StopForward:
+                pass
 
 
 def _layer_inputs(model, blocks: Blocks, batch_size: int):
@@ -250,17 +265,11 @@ def _layer_inputs(model, blocks: Blocks, batch_size: int):
 
     def catch(module, args, kwargs):
         calls.append((args, kwargs))
-        raise _Stop
-    device = next(model.parameters()).device
+        raise StopForward
     handle = None
     try:
         handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-        for batch in blocks.batches(batch_size):
-            try:
-                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                      use_cache=False)
-            except _Stop:
-                pass
+        forward_until_stopped(model, blocks, batch_size)
     finally:
         if handle is not None:
             handle.remove()

@@ -473,10 +473,6 @@ def sparsity_maps(specs: dict, sparsity: float, sizes, band: float | None = 0.1,
 
 # ----------------------------------------------------------------------------- pruning: one matrix's mask
 
-class _Stop(Exception):
-    pass
-
-
 @dataclass(frozen=True, eq=False)
 class LayerInputs:
     """Calibration statistics of one decoder layer's linear maps, from the dense model's inputs to it
@@ -494,9 +490,8 @@ class LayerInputs:
 def layer_inputs(model, blocks, layer: int, batch_size: int = 1) -> LayerInputs:
     """One pass over `blocks` that stops after decoder layer `layer` and sums, for each of its linear maps,
     a_t a_t^T and a_t^2 over the unpadded tokens (a_t: the map's input)."""
-    import torch
-
     from ..models import layers as find_layers
+    from ..pruning import StopForward, forward_until_stopped
     target = find_layers(model)[layer]
     hessian, sq_norm, state = {}, {}, {"tokens": 0}
 
@@ -508,20 +503,16 @@ def layer_inputs(model, blocks, layer: int, batch_size: int = 1) -> LayerInputs:
         return hook
 
     def stop(module, inputs, output):
-        raise _Stop
+        raise StopForward
+
+    def note_tokens(batch):
+        state["mask"] = batch["attention_mask"].reshape(-1).bool().to(device)
+        state["tokens"] += int(state["mask"].sum())
     handles = [m.register_forward_hook(hook_for(n)) for n, m in target.linears.items()]
     handles.append(target.module.register_forward_hook(stop))
     device = next(model.parameters()).device
     try:
-        with torch.no_grad():
-            for batch in blocks.batches(batch_size):
-                state["mask"] = batch["attention_mask"].reshape(-1).bool().to(device)
-                state["tokens"] += int(state["mask"].sum())
-                try:
-                    model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                          use_cache=False)
-                except _Stop:
-                    pass
+        forward_until_stopped(model, blocks, batch_size, before_batch=note_tokens)
     finally:
         for handle in handles:
             handle.remove()
