@@ -1,7 +1,7 @@
 """Layer ablation: skip decoder blocks (a skipped block returns its input, the identity on the residual
-stream), the cornerstone experiment (drop one layer at a time; seed 002) and layer Shapley values
+stream), the cornerstone experiment (drop one layer at a time; arXiv 2409.14381) and layer Shapley values
 with v(S) = -mean NLL of the model with only the layers in S active, on one fixed batch (common
-random numbers for every coalition; layerif.md section 5).
+random numbers for every coalition; Zhang, Dong, Kawaguchi, "Investigating Layer Importance in Large Language Models", arXiv 2409.14381).
 """
 from __future__ import annotations
 
@@ -189,7 +189,7 @@ class Cornerstone:
 
     def cornerstones(self, fraction: float = 0.5) -> list[int]:
         """Layers whose removal takes the loss at least `fraction` of the way from the full model to
-        chance (a uniform guess over the vocabulary): seed 002's "collapse towards random guessing"."""
+        chance (a uniform guess over the vocabulary): the "collapse towards random guessing" of arXiv 2409.14381."""
         span = self.chance_loss - self.full_loss
         if span <= 0:       # the model is no better than chance (a random model): nothing is a cornerstone
             return []
@@ -201,7 +201,7 @@ class Cornerstone:
 
 
 def cornerstone(model, blocks: Blocks, max_rows: int = 8) -> Cornerstone:
-    """Drop one layer at a time (seed 002's cornerstone experiment), plus the full and empty models."""
+    """Drop one layer at a time (the cornerstone experiment of arXiv 2409.14381), plus the full and empty models."""
     _check_blocks(blocks, "cornerstone")
     k = len(find_layers(model))
     coalitions = np.vstack([np.ones(k, bool), ~np.eye(k, dtype=bool), np.zeros(k, bool)])

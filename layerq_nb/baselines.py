@@ -1,4 +1,4 @@
-"""Baseline layer scores (research/layerif.md section 4), each a LayerScores over decoder blocks.
+"""Baseline layer scores (the baselines LayerIF compares with, arXiv 2505.23811, section 4), each a LayerScores over decoder blocks.
 
 - ShortGPT block influence (Men et al. 2024): BI_k = 1 - E_t cos(x_k,t, x_k+1,t), the hidden state
   entering and leaving block k. Low BI: the block barely changes the residual stream.

@@ -1,4 +1,4 @@
-"""Tasks as fixed-length token blocks with labels and masks (DESIGN.md section 3).
+"""Tasks as fixed-length token blocks with labels and masks.
 
 Built-in offline tasks, real text shipped with CPython plus one generated task:
   prose       English prose of the Python documentation topics (`pydoc_data.topics`)

@@ -1,5 +1,6 @@
-"""LayerIF: layer-wise influence of each training block on the validation loss (seed 000/001;
-research/layerif.md section 1).
+"""LayerIF: layer-wise influence of each training block on the validation loss
+(Askari, Gupta, Wang, Chhabra, Chen, "LayerIF: Estimating Layer Quality for Large Language Models using
+Influence Functions", NeurIPS 2025, arXiv 2505.23811, sections 3.1-3.2).
 
     I_k(z_i) = - sum_j grad_k l(z^V_j)^T  H~_kk^-1  grad_k l(z_i)
 

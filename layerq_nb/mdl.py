@@ -1,6 +1,6 @@
 """The two MDL programs of the curvature-weighted capacity framework, solved in closed form.
 
-Seed 003 (Amaefuna, Vaidya, Chhabra, Mali, "Curvature-weighted capacity allocation", UAI 2026):
+Amaefuna, Vaidya, Chhabra, Mali, "Curvature-Weighted Capacity Allocation" (UAI 2026, arXiv 2603.00910):
 layer scores q (on the simplex) go in, a per-layer decision comes out.
 
 A. allocation (LoRA rank, LoRA-MoE experts):  max  sum_k q_k log(1 + r_k / beta_k)
@@ -81,7 +81,7 @@ def _check_bounds(lower, upper):
 
 @dataclass(frozen=True, eq=False)
 class AllocationProblem:
-    """MDL program A (seed 003, capacity allocation): max sum_k q_k log(1 + r_k/beta_k), sum c r = B."""
+    """MDL program A (arXiv 2603.00910, capacity allocation): max sum_k q_k log(1 + r_k/beta_k), sum c r = B."""
     q: np.ndarray
     budget: float
     cost: np.ndarray
@@ -120,7 +120,7 @@ class AllocationProblem:
 
 @dataclass(frozen=True, eq=False)
 class PruningProblem:
-    """MDL program B (seed 003, pruning): min sum_k q_k phi(s_k), sum n s = S sum n, phi = -log(1-s) or s^2/2."""
+    """MDL program B (arXiv 2603.00910, pruning): min sum_k q_k phi(s_k), sum n s = S sum n, phi = -log(1-s) or s^2/2."""
     q: np.ndarray
     sparsity: float
     sizes: np.ndarray
@@ -424,7 +424,7 @@ def _allocation_terms(k, cost, beta, lower, upper):
 
 def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer=False, tol=1e-12,
              method="bisection") -> Solution:
-    """Capacity allocation, MDL program A (seed 003; DESIGN.md section 6).
+    """Capacity allocation, MDL program A (arXiv 2603.00910).
 
     maximise sum_k q_k log(1 + r_k / beta_k)   s.t.  sum_k c_k r_k = B,  lower_k <= r_k <= upper_k
     KKT: r_k(nu) = clip(q_k / (nu c_k) - beta_k, lower_k, upper_k). The spend sum_k c_k r_k(nu) is
@@ -458,7 +458,7 @@ def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer=Fal
 
 def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", tol=1e-12,
           method="bisection") -> Solution:
-    """Per-layer sparsity, MDL program B (seed 003; DESIGN.md section 6).
+    """Per-layer sparsity, MDL program B (arXiv 2603.00910).
 
     minimise sum_k q_k phi(s_k)  s.t.  sum_k n_k s_k = S sum_k n_k,  lower_k <= s_k <= upper_k
     phi(s) = -log(1 - s) ("log": the code length of the kept fraction) or s^2 / 2 ("quadratic", the
@@ -706,7 +706,7 @@ class Regret:
 
 
 def regret_bound(q_source, q_target, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Regret:
-    """Transfer regret of program A and its O(delta^2) bound (seed 003, transfer theorem).
+    """Transfer regret of program A and its O(delta^2) bound (arXiv 2603.00910, transfer theorem).
 
     x_S = x*(q_S), x_T = x*(q_T) on the same feasible set E = {sum c r = B, lower <= r <= upper}.
     Constants on the box (r_max_k = upper_k, or what the budget allows when upper is infinite):

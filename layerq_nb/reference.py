@@ -2,7 +2,7 @@
 
 The same programs as `layerq_nb.mdl`, stated as disciplined convex programs: the log terms become
 exponential cones, solved by Clarabel (interior point) by default with tightened tolerances, because
-its defaults leave ~1e-5 relative error in x on spiky q (DESIGN.md section 6). No torch.
+its defaults leave ~1e-5 relative error in x on spiky q. No torch.
 
 Even at its tightest, an interior-point solution is only as accurate as its duality gap allows: for an
 objective with curvature mu, gap eps leaves up to sqrt(2 eps / mu) in x, and flat layers (small q,

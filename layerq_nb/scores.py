@@ -1,6 +1,6 @@
 """LayerScores: one number per layer (or module), normalised to q on the simplex, with comparisons.
 
-q_k = v_k / sum_j v_j (seed 003: normalised layer gains) feeds the MDL programs. Numpy only: the
+q_k = v_k / sum_j v_j (arXiv 2603.00910: normalised layer gains) feeds the MDL programs. Numpy only: the
 type can be loaded, compared and plotted without torch.
 """
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Layer gains from gradient isolation and curvature: zeta_k^2 = g_k^T H~_kk^-1 g_k (seed 003, section 3).
+"""Layer gains from gradient isolation and curvature: zeta_k^2 = g_k^T H~_kk^-1 g_k
+(Amaefuna, Vaidya, Chhabra, Mali, "Curvature-Weighted Capacity Allocation", arXiv 2603.00910, section 3).
 
 g_k is the gradient of the mean next-token loss over all unmasked targets w.r.t. the weights of the
 linear modules of layer k; H~_kk a damped curvature block (see `curvature`). zeta_k^2 / 2 is the largest

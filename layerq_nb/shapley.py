@@ -1,4 +1,6 @@
-"""Shapley values of players (layers) for any value function over coalitions (seed 002; layerif.md section 5).
+"""Shapley values of players (layers) for any value function over coalitions
+(Zhang, Dong, Kawaguchi, "Investigating Layer Importance in Large Language Models", arXiv 2409.14381;
+KernelSHAP: Lundberg & Lee, "A Unified Approach to Interpreting Model Predictions", arXiv 1705.07874).
 
     phi_k = sum_{S subset N \\ {k}} |S|! (K - |S| - 1)! / K! * [v(S u {k}) - v(S)]
 
@@ -114,7 +116,8 @@ def _permutation(game, k, budget, rng, antithetic):
 
 def _truncated(game, k, budget, rng, tol):
     """Remove players from N in random order; once v is within tol * |v(N) - v(empty)| of v(empty),
-    the players still present get marginal 0 without being evaluated (biased; seed 002's "proximity")."""
+    the players still present get marginal 0 without being evaluated (biased; the "proximity" variant of
+    arXiv 2409.14381)."""
     full, empty = game(np.ones((1, k), bool))[0], game(np.zeros((1, k), bool))[0]
     span = abs(full - empty)
     samples = []

@@ -132,7 +132,7 @@ class Allocation(Stepper):
 
 
 class TransferRegret(Stepper):
-    """Allocate with source-task scores, pay regret on the target task: regret <= C delta^2 (seed 003)."""
+    """Allocate with source-task scores, pay regret on the target task: regret <= C delta^2 (arXiv 2603.00910, transfer theorem)."""
 
     def __init__(self, q_source, q_target, budget: float, cost=1.0, beta: float = 1.0, lower=0.0, upper=np.inf):
         self.curve = regret_curve(_values(q_source), _values(q_target), budget, cost=cost, beta=beta, lower=lower,

@@ -46,7 +46,7 @@ class Isolation:
 
 def gradient_isolation(model, blocks, batch_size: int = 1) -> Isolation:
     """L = mean NLL; g = dL/dtheta by one backward pass; g_k = the block of g on layer k's linear
-    weights (seed 003, section 3: gradient isolation)."""
+    weights (arXiv 2603.00910, section 3: gradient isolation)."""
     from ..evaluate import mean_loss
     from ..models import layers
     from ..scoring import layer_gradients
@@ -242,7 +242,7 @@ class AllocationSteps:
 
 def allocation_steps(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer: bool = False,
                      with_reference: bool = True) -> AllocationSteps:
-    """Program A (seed 003): max sum_k q_k log(1 + r_k/beta_k) s.t. sum_k c_k r_k = B, lower <= r <= upper."""
+    """Program A (arXiv 2603.00910): max sum_k q_k log(1 + r_k/beta_k) s.t. sum_k c_k r_k = B, lower <= r <= upper."""
     solution = mdl.verify(mdl.allocate(q, budget, cost=cost, beta=beta, lower=lower, upper=upper))
     reference = None
     if with_reference:
@@ -272,7 +272,7 @@ class RegretCurve:
 
 def regret_curve(q_source, q_target, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf,
                  ts=tuple(np.logspace(-3, 0, 13))) -> RegretCurve:
-    """mdl.regret_bound along the segment from q_T to q_S (seed 003, transfer theorem: regret = O(delta^2))."""
+    """mdl.regret_bound along the segment from q_T to q_S (arXiv 2603.00910, transfer theorem: regret = O(delta^2))."""
     qs, qt = mdl.normalise(q_source), mdl.normalise(q_target)
     rows = [mdl.regret_bound((1 - t) * qt + t * qs, qt, budget, cost=cost, beta=beta, lower=lower, upper=upper)
             for t in ts]
