@@ -177,7 +177,7 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, n_m=
     dead = torch.diag(H) == 0
     H[dead, dead] = 1
     W[:, dead] = 0
-    H += damping * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype)
+    H += damping * torch.diag(H).mean() * torch.eye(H.shape[0], dtype=H.dtype, device=H.device)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).float()
     mask = torch.zeros_like(W, dtype=torch.bool)
     for i1 in range(0, W.shape[1], block):
@@ -201,7 +201,7 @@ def _obs_block(W1, U, mask1):
     column i gets err_i = w_i(current) / U_ii with w(current) = w - sum_{j<i} err_j U_j,: , kept ones
     err_i = 0; so per row, err M = w~ with M = U whose kept columns are replaced by unit vectors and
     w~ = w on pruned columns, 0 elsewhere: one batched triangular solve instead of a Python loop."""
-    eye = torch.eye(U.shape[0], dtype=U.dtype)
+    eye = torch.eye(U.shape[0], dtype=U.dtype, device=U.device)
     M = torch.where(mask1[:, None, :], U[None], eye[None])                  # (rows, b, b), upper
     rhs = torch.where(mask1, W1, torch.zeros_like(W1))
     return torch.linalg.solve_triangular(M.transpose(1, 2), rhs[:, :, None], upper=False)[:, :, 0]
