@@ -10,6 +10,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,8 +54,10 @@ def kernel_facts(python: str | None, *, timeout: float = 90.0) -> dict:
         return {"error": "no Python kernel is installed for this server"}
     source = (Path(__file__).parent / "kernel_facts.py").read_text(encoding="utf-8")
     try:
+        # run from a neutral folder: `python -c` puts the working folder first on sys.path, and a
+        # repository checkout there would make an uninstalled layerq_nb look installed
         done = subprocess.run([python, "-c", source, json.dumps(STACK)], capture_output=True, text=True,
-                              timeout=timeout, check=False)
+                              timeout=timeout, check=False, cwd=tempfile.gettempdir())
     except (OSError, subprocess.TimeoutExpired) as err:
         return {"error": f"{python} could not run: {err}"}
     if done.returncode != 0:
