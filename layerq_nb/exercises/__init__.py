@@ -5,19 +5,28 @@ checks; the worked solutions live apart, in `solutions/`, so a student edition c
 
 Modes (`LAYERQ_EXERCISES`): learn (default), solve (`LAYERQ_SOLVE=1`: run each shipped solution in the
 notebook's own namespace, and fail if it does not pass), blank (every check must find no answer).
+Without `solutions/` (a student edition) or with `LAYERQ_NO_SOLUTIONS=1` (set by the grader) `ex.solution`
+says that this edition has no solutions.
 """
 from __future__ import annotations
 
 import importlib
+import os
 
 from ._core import (REGISTRY, RESULTS, Exercise, Mismatch, NotAnswered, Verdict, call, check, close, equal,
                     exercise, get, instance_rng, mode, passed, progress, run_solution)
 from .reveal import hint, solution
 
 __all__ = ["check", "hint", "solution", "passed", "progress", "exercises", "solution_code", "Exercise", "Verdict",
-           "Mismatch", "NotAnswered", "exercise", "call", "close", "equal", "instance_rng", "mode"]
+           "Mismatch", "NotAnswered", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode"]
 
 NOTEBOOKS = tuple(f"{i:02d}" for i in range(8))
+NO_SOLUTIONS = ("this edition of layerq_nb ships no solutions: try the hints (ex.hint), then ask your "
+                "instructor")
+
+
+class NoSolutions(LookupError):
+    """The worked solutions are absent: a student edition, or a grader that hides them (LAYERQ_NO_SOLUTIONS=1)."""
 
 
 def load_notebook(notebook: str) -> None:
@@ -43,6 +52,8 @@ def exercises(notebook: str | None = None) -> list[Exercise]:
 def solution_code(key: str) -> str:
     """The worked solution of exercise `key` as code, from `solutions/nbNN.py`."""
     notebook = key.split(".")[0]
+    if os.environ.get("LAYERQ_NO_SOLUTIONS", "0") == "1":    # set by `layerq course grade`
+        raise NoSolutions(NO_SOLUTIONS)
     try:
         module = importlib.import_module(f".solutions.nb{notebook}", __name__)
     except ModuleNotFoundError as error:
@@ -53,5 +64,5 @@ def solution_code(key: str) -> str:
     if key in table:
         return table[key].strip("\n")
     if module is None:
-        raise LookupError("this edition of layerq_nb ships no solutions: ask your instructor")
+        raise NoSolutions(NO_SOLUTIONS)
     raise KeyError(f"no solution for exercise {key!r}")

@@ -63,10 +63,21 @@ def show_hint_button(ex) -> None:
 
 
 def solution(key: str):
-    """A button that reveals exercise `key`'s worked solution (try the hints first)."""
-    from . import solution_code
-    code = solution_code(key)
+    """A button that reveals exercise `key`'s worked solution (try the hints first). In an edition without
+    solutions (the student edition of `layerq course build`) it says so plainly instead of failing."""
+    from . import NoSolutions, solution_code
+    from ._core import get
+    get(key)                                  # an unknown key is still an error, in every edition
     widgets = _widgets()
+    try:
+        code = solution_code(key)
+    except NoSolutions as why:
+        if widgets is None:
+            return f"exercise {key}: {why}"
+        button = widgets.Button(description=f"No solution in this edition ({key}): ask your instructor",
+                                icon="ban", disabled=True, layout=widgets.Layout(width="auto"))
+        button.add_class("lq-solution-absent")
+        return button
     if widgets is None:
         return code
     shown = widgets.HTML()
