@@ -51,7 +51,8 @@ def _positive(name: str, value, allow_zero: bool = False) -> float:
 
 
 def _targets(model, target_modules):
-    """{layer index: {full module name: module}} for the linear maps whose name ends with a target."""
+    """{layer index: {full module name: module}} for the linear maps whose name ends with a target
+    (target_modules=None: every linear map of every decoder block, whatever the family calls them)."""
     if isinstance(target_modules, str):
         target_modules = (target_modules,)
     out = {}
@@ -60,7 +61,8 @@ def _targets(model, target_modules):
         if wrapped:
             raise ValueError(f"{layer.name}.{wrapped[0]} already carries LoRA-MoE adapters: call remove() on the "
                              "handle apply_lora_moe returned before applying new ones")
-        chosen = {f"{layer.name}.{n}": m for n, m in layer.linears.items() if n.split(".")[-1] in target_modules}
+        chosen = {f"{layer.name}.{n}": m for n, m in layer.linears.items()
+                  if target_modules is None or n.split(".")[-1] in target_modules}
         if not chosen:
             raise ValueError(f"no module of {layer.name} matches target_modules {list(target_modules)}; "
                              f"it has {list(layer.linears)}")
@@ -82,25 +84,26 @@ class RankAllocation:
         return int(self.ranks @ self.cost)
 
 
-def rank_costs(model, target_modules=DEFAULT_TARGETS) -> np.ndarray:
+def rank_costs(model, target_modules=None) -> np.ndarray:
     """LoRA parameters one rank unit costs in each layer: sum over its target modules of d_in + d_out."""
     return np.array([sum(sum(weight_matrix(m).shape) for m in mods.values())
                      for mods in _targets(model, target_modules).values()], float)
 
 
-def rank_caps(model, target_modules=DEFAULT_TARGETS) -> np.ndarray:
+def rank_caps(model, target_modules=None) -> np.ndarray:
     """The largest useful LoRA rank per layer: min(d_in, d_out) over its target modules (a B A of higher
     rank than that has no more freedom, only more parameters)."""
     return np.array([min(min(weight_matrix(m).shape) for m in mods.values())
                      for mods in _targets(model, target_modules).values()], int)
 
 
-def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modules=DEFAULT_TARGETS,
+def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modules=None,
                       beta: float = 1.0, min_rank: int = 1) -> RankAllocation:
     """Integer ranks per layer with sum_k c_k r_k <= budget (LoRA parameters), each at most
     min(d_in, d_out) of the layer's matrices (`rank_caps`: a budget beyond that is left unspent).
     scores: a LayerScores (program A over its q) or "uniform" (the same rank everywhere, as large as
-    the budget allows)."""
+    the budget allows). target_modules: names the module names end with (e.g. DEFAULT_TARGETS, Llama's
+    seven), or None for every linear map of each decoder block, whatever the family calls them."""
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)) \
             or not np.isfinite(budget) or budget <= 0:
         raise ValueError(f"budget must be a positive number of LoRA parameters, got {budget!r}")

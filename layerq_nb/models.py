@@ -426,10 +426,6 @@ class Layer:
         return sum(m.weight.numel() for m in self.linears.values())
 
 
-# family -> attribute path of the block list
-_FAMILIES = {"llama": "model.layers", "mistral": "model.layers", "qwen2": "model.layers", "gpt2": "transformer.h"}
-
-
 def _linear_types():
     from transformers.pytorch_utils import Conv1D
     return (nn.Linear, Conv1D)
@@ -459,18 +455,66 @@ def block_input(args: tuple, kwargs: dict):
     return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
 
 
+def _family(model) -> str:
+    return str(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
+
+
+def _refuse_non_decoders(model):
+    """Encoder-decoder and encoder-only (bidirectional, masked-LM) models: their blocks are not a causal
+    decoder's, so next-token scores, LoRA patterns and pruning maps would describe something else."""
+    config = getattr(model, "config", None)
+    family = _family(model)
+    if getattr(config, "is_encoder_decoder", False):
+        raise ValueError(f"{family} is an encoder-decoder model: layerq_nb works on dense decoder-only causal LMs "
+                         "(Llama, Mistral, Qwen, Gemma, Phi, GPT-2, GPT-NeoX, OPT, Falcon, ...)")
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES as masked
+    except ImportError:                 # pragma: no cover - a transformers without the auto mappings
+        masked = {}
+    if family in masked and not getattr(config, "is_decoder", False):
+        raise ValueError(f"{family} is an encoder-only (bidirectional, masked-LM) model: layerq_nb works on dense "
+                         "decoder-only causal LMs; load a causal LM such as smollm2-135m")
+
+
+def _block_list(model) -> tuple[str, nn.ModuleList]:
+    """The decoder block list: among the ModuleLists of identical blocks, those whose class the model
+    itself names in `_no_split_modules` (transformers' list of blocks never split across devices)
+    first, then the one holding the most parameters."""
+    no_split = set(getattr(model, "_no_split_modules", None) or ())
+    best, best_key = None, None
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0 or len({type(b) for b in module}) != 1:
+            continue
+        key = (type(module[0]).__name__ in no_split, sum(p.numel() for p in module.parameters()))
+        if best_key is None or key > best_key:
+            best, best_key = (name, module), key
+    if best is None:
+        raise ValueError(f"found no list of decoder blocks in {_family(model)} ({type(model).__name__}): "
+                         "layerq_nb needs the blocks as an nn.ModuleList of identical modules, as every "
+                         "transformers decoder-only model has")
+    return best
+
+
 def layers(model) -> list[Layer]:
-    """The decoder blocks of `model` in order, each with its linear modules (Llama/SmolLM, Qwen2, Mistral, GPT-2)."""
-    family = getattr(getattr(model, "config", None), "model_type", None)
-    if family not in _FAMILIES:
-        raise ValueError(f"model family {family!r} is not supported: layerq_nb knows {', '.join(_FAMILIES)}. "
-                         "Load one of those, or add the family's block path to layerq_nb.models._FAMILIES")
-    blocks = model
-    for attr in _FAMILIES[family].split("."):
-        blocks = getattr(blocks, attr)
+    """The decoder blocks of `model` in order, each with its linear maps (nn.Linear or GPT-2's Conv1D).
+
+    Generic over dense decoder-only families (Llama/SmolLM, Mistral, Qwen2/3, Gemma 2, Phi-3, GPT-2,
+    GPT-NeoX/Pythia, OPT, Falcon, ...): the block list is found by `_block_list`. Refused with a
+    ValueError: encoder-only and encoder-decoder models, models without such a list, blocks without
+    linear maps, and mixture-of-experts blocks whose experts are fused into 3-d weight tensors."""
+    _refuse_non_decoders(model)
+    prefix, blocks = _block_list(model)
     kinds = _linear_types()
     out = []
     for i, block in enumerate(blocks):
+        fused = [(n, tuple(p.shape)) for n, p in block.named_parameters() if p.dim() >= 3]
+        if fused:
+            raise ValueError(f"{_family(model)} block {i} holds fused expert tensors ({fused[0][0]} of shape "
+                             f"{fused[0][1]}): layerq_nb scores and prunes linear maps one matrix at a time, so "
+                             "mixture-of-experts models with fused experts are not supported; use a dense model")
         linears = {n: m for n, m in block.named_modules() if isinstance(m, kinds)}
-        out.append(Layer(index=i, name=f"{_FAMILIES[family]}.{i}", module=block, linears=linears))
+        if not linears:
+            raise ValueError(f"{prefix}.{i} of {_family(model)} has no linear maps (nn.Linear or Conv1D): it is "
+                             "not a decoder block layerq_nb can score or prune")
+        out.append(Layer(index=i, name=f"{prefix}.{i}", module=block, linears=linears))
     return out
