@@ -177,7 +177,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         try {
           const path = `${folder.replace(/\/+$/, '')}/${name}.ipynb`;
           const open = docManager.findWidget(path, null);
-          if (open && open.context.model.dirty) {
+          if (open) {
             await open.context.save(); // the backup then holds the learner's latest edits
           }
           const reset = await post(`tutorials/${number}/reset`);
