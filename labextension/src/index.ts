@@ -58,16 +58,6 @@ const LOGO =
 
 export const layerqIcon = new LabIcon({ name: 'layerq-nb:logo', svgstr: LOGO });
 
-/** A card icon: the tutorial's number on the stack of layers. */
-function numberIcon(number: string): LabIcon {
-  const svg =
-    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 48 48">' +
-    '<rect x="4" y="30" width="40" height="8" rx="2" fill="#4E8DCB" opacity="0.35"/>' +
-    '<rect x="8" y="20" width="32" height="8" rx="2" fill="#4E8DCB" opacity="0.25"/>' +
-    `<text x="24" y="29" text-anchor="middle" font-family="sans-serif" font-size="20" font-weight="bold" fill="#1A5A96">${number}</text></svg>`;
-  return new LabIcon({ name: `layerq-nb:tutorial-${number}`, svgstr: svg });
-}
-
 const plugin: JupyterFrontEndPlugin<void> = {
   id: PLUGIN_ID,
   description: 'LayerQ tutorials in the launcher, a LayerQ menu, reset to a clean copy, a health check.',
@@ -84,7 +74,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
   ) => {
     const { commands, shell } = app;
     const known = new Map<string, ITutorial>();
-    const icons = new Map<string, LabIcon>();
     let folder = DEFAULT_FOLDER;
 
     if (settingRegistry) {
@@ -105,6 +94,12 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return t ? `${t.number} · ${t.title}` : `tutorial ${number}`;
     };
 
+    /** A launcher card's text: 'NN · title', the syllabus's one line, the time (style/index.css breaks the lines). */
+    const card = (number: string): string => {
+      const t = known.get(number);
+      return t ? [describe(number), t.summary, t.time].filter(Boolean).join('\n\n') : describe(number);
+    };
+
     /** The number in the command's args, or one the learner picks from a list. */
     const pick = async (args: any, verb: string): Promise<string | null> => {
       if (args.number) {
@@ -122,8 +117,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       label: args =>
         args.number
           ? args.mode === 'card'
-            ? [known.get(args.number as string)?.title ?? '', known.get(args.number as string)?.summary ?? '',
-               known.get(args.number as string)?.time ?? ''].filter(Boolean).join('\n')
+            ? card(args.number as string)
             : args.mode === 'menu'
               ? describe(args.number as string)
               : `Open Tutorial ${describe(args.number as string)}`
@@ -132,7 +126,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
         const t = known.get(args.number as string);
         return t ? `${t.number} · ${t.title}: ${t.summary} (${t.time}). Opens your own copy.` : 'Open your copy of a LayerQ tutorial';
       },
-      icon: args => (args.mode === 'card' && icons.get(args.number as string)) || layerqIcon,
+      icon: layerqIcon,
       execute: async args => {
         const number = await pick(args, 'Open');
         if (!number) {
@@ -260,7 +254,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
         resetMenu.title.label = 'Reset Tutorial to a Clean Copy';
         tutorials.forEach((t, rank) => {
           known.set(t.number, t);
-          icons.set(t.number, numberIcon(t.number));
           launcher?.add({ command: CommandIDs.open, args: { number: t.number, mode: 'card' }, category: CATEGORY, rank });
           palette?.addItem({ command: CommandIDs.open, args: { number: t.number }, category: 'LayerQ', rank });
           palette?.addItem({ command: CommandIDs.reset, args: { number: t.number }, category: 'LayerQ', rank: 100 + rank });

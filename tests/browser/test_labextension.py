@@ -124,6 +124,7 @@ def test_launcher_cards_open_reset_syllabus_and_health(lab, page, console_errors
     expect(first).to_contain_text(tour.summary)
     expect(first).to_contain_text(tour.time)
     expect(page.locator(".jp-Launcher-sectionTitle", has_text="LayerQ tutorials")).to_be_visible()
+    first.scroll_into_view_if_needed()
     page.screenshot(path=str(tmp_path / "launcher.png"), full_page=True)
 
     # a card opens the learner's copy, created from the package

@@ -1,20 +1,16 @@
 "use strict";(self.rspackChunklayerq_nb=self.rspackChunklayerq_nb||[]).push([[700],{646(e,t,r){var a=r(601),n=r.n(a),o=r(314),l=(r.n(o))()(n());l.push([e.id,`/* The launcher cards of the LayerQ tutorials: wider than the default, with the one line and the time. */
 .jp-LauncherCard[data-category='LayerQ tutorials'] {
-  width: 200px;
+  width: 232px;
 }
 
 .jp-LauncherCard[data-category='LayerQ tutorials'] .jp-LauncherCard-icon {
-  height: 56px;
+  height: 48px;
 }
 
 .jp-LauncherCard[data-category='LayerQ tutorials'] .jp-LauncherCard-label p {
   white-space: pre-line;
   text-align: left;
   line-height: 1.3em;
-}
-
-.jp-LauncherCard[data-category='LayerQ tutorials'] .jp-LauncherCard-label p::first-line {
-  font-weight: 600;
 }
 
 /* The health panel */
