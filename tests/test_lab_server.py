@@ -180,3 +180,24 @@ def test_an_interpreter_that_cannot_run_is_reported_not_raised(tmp_path):
     broken.chmod(0o755)
     assert health.kernel_python([str(broken)]) == str(broken)
     assert "failed" in health.kernel_facts(str(broken))["error"]
+
+
+def test_the_magic_resets_a_copy_the_same_way(tmp_path, capsys):
+    from IPython.testing.globalipapp import get_ipython
+    shell = get_ipython()
+    shell.run_line_magic("load_ext", "layerq_nb")
+    copied = shell.run_line_magic("layerq", f"copy 06 {tmp_path}")
+    copied.write_text(copied.read_text().replace("Transfer regret", "MY REGRET NOTES"))
+    clean = shell.run_line_magic("layerq", f"reset 06 {tmp_path}")
+    assert clean == tmp_path / "06_transfer_regret.ipynb"
+    assert clean.read_bytes() == tutorial("06").read_bytes()
+    backup, = (tmp_path / "backups").glob("06_transfer_regret-*.ipynb")
+    assert "MY REGRET NOTES" in backup.read_text()
+    assert f"your version is in {backup}" in capsys.readouterr().out
+
+
+def test_doctor_names_the_jupyterlab_extension():
+    from layerq_nb.ui import magics
+    report = magics.doctor_report()
+    assert report["labextensions"].get("layerq-nb") == "0.1.0"     # installed by pip install -e . (shared-data)
+    assert "layerq-nb (LayerQ menu, launcher)" in magics.format_doctor(report)

@@ -3,7 +3,11 @@
   %layerq doctor             versions of the widget stack in this kernel and in the Jupyter server
   %layerq tutorials          the tutorials, with their numbers
   %layerq copy 03 [folder]   copy a tutorial next to you (to edit without touching the original)
+  %layerq reset 03 [folder]  back up your copy (folder/backups/NAME-<time>.ipynb), then write a clean one
   %layerq open 03            a link that opens the tutorial in JupyterLab
+
+In JupyterLab the same lives in the LayerQ menu, the launcher's "LayerQ tutorials" section and the
+command palette (the layerq-nb extension); `LayerQ > LayerQ Health Check` shows what `doctor` prints.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ def _labextensions() -> dict[str, str]:
         return {}
     found = {}
     for root in jupyter_path("labextensions"):
-        for name in ("anywidget", "@jupyter-widgets/jupyterlab-manager"):
+        for name in ("anywidget", "@jupyter-widgets/jupyterlab-manager", "layerq-nb"):
             package = Path(root) / name / "package.json"
             if package.is_file() and name not in found:
                 found[name] = json.loads(package.read_text()).get("version", "?")
@@ -87,6 +91,8 @@ def format_doctor(report: dict) -> str:
     ext = report["labextensions"]
     for name in ("anywidget", "@jupyter-widgets/jupyterlab-manager"):
         lines.append(f"  {name:<38} {ext.get(name, 'MISSING')}")
+    lines.append(f"  {'layerq-nb (LayerQ menu, launcher)':<38} "
+                 f"{ext.get('layerq-nb', 'MISSING: pip install layerq_nb into the server environment')}")
     for s in report["servers"]:
         lines.append(f"server {s['url']} (pid {s['pid']}, jupyter_server {s['version']}, python {s['python']})")
     if not report["servers"]:
@@ -106,7 +112,7 @@ def format_doctor(report: dict) -> str:
 class LayerqMagics(Magics):
     @line_magic
     def layerq(self, line: str):
-        """%layerq doctor | tutorials | copy NN [folder] | open NN"""
+        """%layerq doctor | tutorials | copy NN [folder] | reset NN [folder] | open NN"""
         words = line.split()
         command, args = (words[0], words[1:]) if words else ("help", [])
         if command == "doctor":
@@ -123,6 +129,13 @@ class LayerqMagics(Magics):
             shutil.copy(source, target)
             print(f"copied {source.name} to {target}")
             return target
+        elif command == "reset" and args:
+            from ..lab.tutorials import reset_copy
+            folder = Path(args[1] if len(args) > 1 else ".")
+            done = reset_copy(args[0], root=folder, folder=".")
+            kept = f"your version is in {folder / done.backup}" if done.backup else "there was no copy to keep"
+            print(f"wrote a clean {folder / done.path}; {kept}")
+            return folder / done.path
         elif command == "open" and args:
             path = tutorial(args[0])
             try:
