@@ -76,8 +76,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const known = new Map<string, ITutorial>();
     let folder = DEFAULT_FOLDER;
 
-    if (settingRegistry) {
-      void settingRegistry
+    // every request waits for the settings, so a click right after start-up uses the learner's folder
+    const settingsLoaded: Promise<void> = !settingRegistry
+      ? Promise.resolve()
+      : settingRegistry
         .load(PLUGIN_ID)
         .then(settings => {
           const read = () => {
@@ -87,7 +89,6 @@ const plugin: JupyterFrontEndPlugin<void> = {
           settings.changed.connect(read);
         })
         .catch(reason => console.warn('layerq-nb: settings not loaded, using', DEFAULT_FOLDER, reason));
-    }
 
     const describe = (number: string): string => {
       const t = known.get(number);
@@ -110,8 +111,10 @@ const plugin: JupyterFrontEndPlugin<void> = {
       return result.button.accept && result.value ? result.value.slice(0, 2) : null;
     };
 
-    const post = (endpoint: string) =>
-      requestAPI<any>(endpoint, { method: 'POST', body: JSON.stringify({ folder }) });
+    const post = async (endpoint: string) => {
+      await settingsLoaded;
+      return requestAPI<any>(endpoint, { method: 'POST', body: JSON.stringify({ folder }) });
+    };
 
     commands.addCommand(CommandIDs.open, {
       label: args =>
@@ -169,7 +172,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
           return;
         }
         try {
-          const path = `${folder.replace(/\/+$/, '')}/${name}.ipynb`;
+          // the server names the copy's path (the folder may be written in several ways)
+          const { path } = await post(`tutorials/${number}/open`);
           const open = docManager.findWidget(path, null);
           if (open) {
             await open.context.save(); // the backup then holds the learner's latest edits

@@ -91,6 +91,8 @@ def test_the_rest_handlers_answer_bad_requests_with_their_fix(lab):
     status, answer = _post(url, "tutorials/00/open", {"folder": "../outside"})
     assert status == 400 and "outside the Jupyter server's root" in answer["message"]
     assert not (root.parent / "outside").exists()
+    status, answer = _post(url, "tutorials/01/open", {})          # no folder: the default one
+    assert (status, answer) == (200, {"path": "layerq-tutorials/01_gradient_isolation.ipynb", "created": True})
     with urllib.request.urlopen(f"{url}/layerq/tutorials?token={TOKEN}", timeout=10) as answer:
         listed = json.loads(answer.read())
     assert listed["tutorials"] == [t.as_json() for t in catalogue()]
@@ -107,6 +109,12 @@ def _menu(page, *labels: str):
 
 def test_launcher_cards_open_reset_syllabus_and_health(lab, page, console_errors, tmp_path):
     url, root = lab
+    # the settings entry: the learner's copies go to the folder it names (inside the server root)
+    setting = urllib.request.Request(
+        f"{url}/lab/api/settings/layerq-nb:plugin?token={TOKEN}", method="PUT",
+        data=json.dumps({"raw": json.dumps({"tutorialsFolder": "my-course/tutorials"})}).encode())
+    urllib.request.urlopen(setting, timeout=10)
+    folder = root / "my-course" / "tutorials"
     page.set_default_timeout(60_000)
     page.goto(f"{url}/lab?token={TOKEN}&reset")
     page.wait_for_function("window.jupyterapp && window.jupyterapp.started !== undefined")
@@ -129,7 +137,7 @@ def test_launcher_cards_open_reset_syllabus_and_health(lab, page, console_errors
 
     # a card opens the learner's copy, created from the package
     first.click()
-    copy = root / "layerq-tutorials" / f"{tour.name}.ipynb"
+    copy = folder / f"{tour.name}.ipynb"
     tab = page.locator(".lm-TabBar-tab", has_text=f"{tour.name}.ipynb")
     expect(tab).to_be_visible()
     assert copy.read_bytes() == tutorial(tour.number).read_bytes()
@@ -149,7 +157,7 @@ def test_launcher_cards_open_reset_syllabus_and_health(lab, page, console_errors
     dialog.locator("button", has_text="Reset").click()
     expect(page.locator(".jp-Notification-Toast-success, .Toastify__toast")
            .filter(has_text="is clean again")).to_be_visible()
-    backups = list((root / "layerq-tutorials" / "backups").glob(f"{tour.name}-*.ipynb"))
+    backups = list((folder / "backups").glob(f"{tour.name}-*.ipynb"))
     assert len(backups) == 1, backups
     assert "MY OWN NOTES" in backups[0].read_text()
     assert copy.read_bytes() == tutorial(tour.number).read_bytes()
@@ -162,7 +170,7 @@ def test_launcher_cards_open_reset_syllabus_and_health(lab, page, console_errors
     page.locator(".lm-CommandPalette-input").fill("LayerQ Syllabus")
     page.keyboard.press("Enter")
     expect(page.locator(".jp-RenderedMarkdown h2", has_text="Syllabus").first).to_be_visible()
-    assert (root / "layerq-tutorials" / "README.md").is_file()
+    assert (folder / "README.md").is_file()
 
     # the health panel, from the LayerQ menu: every check with its verdict, the stack on both sides
     _menu(page, "LayerQ", "LayerQ Health Check")
