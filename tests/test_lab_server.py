@@ -172,6 +172,7 @@ def test_a_kernel_without_layerq_nb_is_a_problem_named_with_its_interpreter():
 
 
 def test_an_interpreter_that_cannot_run_is_reported_not_raised(tmp_path):
+    assert health.kernel_python(["python", "-m", "ipykernel_launcher"]) == sys.executable   # as jupyter_client does
     assert health.kernel_python(None) is None
     assert health.kernel_python([str(tmp_path / "missing-python")]) is None
     assert "no Python kernel" in health.kernel_facts(None)["error"]

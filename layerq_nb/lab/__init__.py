@@ -16,10 +16,6 @@ def _jupyter_server_extension_points():
     return [{"module": "layerq_nb.lab"}]
 
 
-def _jupyter_labextension_paths():
-    return [{"src": "../labextension", "dest": LABEXTENSION}]
-
-
 def _load_jupyter_server_extension(serverapp):
     from .handlers import routes
     web_app = serverapp.web_app

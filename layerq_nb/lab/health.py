@@ -43,7 +43,8 @@ def kernel_python(argv: list[str] | None) -> str | None:
     """The interpreter of a kernelspec's argv (`[python, -m, ipykernel_launcher, ...]`), resolved on PATH."""
     if not argv:
         return None
-    if argv[0] == "{python}":          # jupyter_client puts the server's own interpreter there
+    # jupyter_client starts these with the server's own interpreter (KernelManager.format_kernel_cmd)
+    if argv[0] in ("{python}", "python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])):
         return sys.executable
     return shutil.which(argv[0]) or (argv[0] if Path(argv[0]).is_file() else None)
 
