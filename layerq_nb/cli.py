@@ -22,12 +22,15 @@ from pathlib import Path
 __all__ = ["main", "torchvision_problem"]
 
 EPILOG = """examples:
-  layerq demo                          real SmolLM2-135M: model facts, perplexity per task, an answer
+  layerq demo                          real SmolLM2-135M: the pipeline, score -> q -> allocate / prune
+  layerq demo --json                   the same content as JSON
   layerq demo --blocks 16 --tasks prose code
   layerq score --task arithmetic --curvature ekfac --out scores.json
   torchrun --nproc_per_node=2 -m layerq_nb.cli score --task prose    same scores, blocks sharded
   layerq prune --sparsity 0.5 --map mdl-zeta2 --method wanda     per-layer table, perplexity, JSON
+  layerq prune --scores scores.json --save pruned/     reuse scores; keep the pruned model
   layerq allocate --task arithmetic --rank 2 --train   LoRA ranks: uniform vs MDL(zeta^2), short fine-tuning
+  layerq allocate --scores scores.json --save adapter/  peft adapter_config.json with rank_pattern
   layerq doctor                        versions of the stack, the device, where the model comes from
   layerq lab                           JupyterLab on the tutorials
 """
@@ -253,13 +256,52 @@ def _check_score(args):
     _check_common(args)
 
 
+def _check_scores_file(path: str):
+    """A readable LayerScores file (its model is checked once the model is loaded)."""
+    from .scores import LayerScores
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ValueError(f"--scores {path}: no such file (write one with layerq score --out {path})")
+    LayerScores.load(file)
+
+
+def _check_save(args):
+    if getattr(args, "save", None):
+        from .artefacts import check_folder
+        check_folder(args.save)
+
+
 def _check_prune(args):
     from .pruning import MAX_SPARSITY, SPECS
     _finite("sparsity", args.sparsity, 0.0, high=MAX_SPARSITY)
     _finite("band", args.band, 0.0)
     if args.map.removesuffix("-reverse") not in SPECS:
         raise ValueError(f"unknown map {args.map!r}: use one of {', '.join(SPECS)} (or <map>-reverse)")
+    if args.scores:
+        if args.map.removesuffix("-reverse") not in ("layerif", "mdl-zeta2", "mdl-layerif"):
+            raise ValueError(f"the {args.map} map uses no layer scores: --scores goes with mdl-zeta2, mdl-layerif "
+                             "or layerif")
+        _check_scores_file(args.scores)
+    _check_save(args)
     _check_common(args)
+
+
+def _check_demo(args):
+    from .pruning import MAX_SPARSITY
+    _whole("score-blocks", args.score_blocks, 1)
+    _whole("rank", args.rank, 1)
+    _finite("beta", args.beta, 0.0, strict=True)
+    _finite("sparsity", args.sparsity, 0.0, high=MAX_SPARSITY)
+    _finite("band", args.band, 0.0)
+    if args.score_tasks[0] == args.score_tasks[1]:
+        raise ValueError(f"--score-tasks needs two different tasks, got {args.score_tasks[0]} twice")
+    _check_common(args)
+    tasks = args.tasks
+    args.tasks = args.score_tasks
+    try:
+        _check_common(args)
+    finally:
+        args.tasks = tasks
 
 
 def _check_allocate(args):
@@ -269,36 +311,217 @@ def _check_allocate(args):
     _finite("beta", args.beta, 0.0, strict=True)
     _finite("lr", args.lr, 0.0, strict=True)
     _whole("steps", args.steps, 0)
+    if args.scores not in ("zeta2", "layerif"):
+        _check_scores_file(args.scores)
+    _check_save(args)
     _check_common(args)
 
 
 # ----------------------------------------------------------------------------- commands
 
-def cmd_demo(args) -> int:
+def _weights_crc(model) -> str:
+    """CRC-32 of every parameter's bytes: equal before and after means bit-identical weights."""
+    import zlib
+
+    import torch
+    crc = 0
+    for p in model.parameters():
+        crc = zlib.crc32(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
+    return f"{crc:08x}"
+
+
+def _demo_pipeline(args, steps) -> dict:
+    """Every number `layerq demo` shows, as plain data (the text and --json views render this). Each
+    step calls the package's own functions; `steps` is the progress bar advanced after each."""
+    import numpy as np
+
+    from . import mdl, reference
+    from .adapt import lora_rank_pattern, rank_caps, rank_costs
     from .data import load_task
     from .evaluate import generate, perplexity
     from .models import layers, load_model, model_source
+    from .pruning import layer_sizes, pruned, sparsity_map
+    from .scoring import score
 
+    out: dict = {}
+
+    def step(name):
+        steps.set_description(name)
+
+    def done(key, t0):
+        out.setdefault("seconds", {})[key] = round(time.perf_counter() - t0, 1)
+        steps.update()
+
+    t0 = time.perf_counter()
+    step("loading the model")
     model, tokenizer = load_model(args.model, device=args.device)
-    blocks_of = layers(model)
-    n_params = sum(p.numel() for p in model.parameters())
+    found = layers(model)
     cfg = model.config
-    print(f"model      {args.model}  ({cfg.model_type}, {len(blocks_of)} layers, hidden {cfg.hidden_size}, "
-          f"{n_params / 1e6:.1f}M parameters)")
-    print(f"source     {model_source(model)}  (loaded in {model.layerq_load_seconds:.1f} s)")
-    print(f"device     {next(model.parameters()).device}")
-    print(f"layer 0    {', '.join(blocks_of[0].linears)}  ({blocks_of[0].n_params / 1e6:.2f}M weights)")
-    print()
-    print(f"held-out perplexity ({args.blocks} test blocks of {args.block_size} tokens per task)")
-    print(f"  {'task':<12}{'tokens':>8}{'loss':>8}{'ppl':>9}{'seconds':>9}")
+    out["model"] = dict(name=args.model, family=cfg.model_type, layers=len(found), hidden=cfg.hidden_size,
+                        parameters=sum(p.numel() for p in model.parameters()), source=model_source(model),
+                        device=str(next(model.parameters()).device), load_seconds=round(model.layerq_load_seconds, 1),
+                        linear_maps=list(found[0].linears), layer_weights=found[0].n_params)
+    done("model", t0)
+
+    t0 = time.perf_counter()
+    step("held-out perplexity")
+    rows = []
     for task in args.tasks:
-        t0 = time.perf_counter()
         blocks = load_task(task, tokenizer, split="test", n_blocks=args.blocks, block_size=args.block_size)
         ppl = perplexity(model, blocks, batch_size=args.batch_size)
-        print(f"  {task:<12}{blocks.n_targets:>8}{math.log(ppl):>8.3f}{ppl:>9.2f}{time.perf_counter() - t0:>9.1f}")
+        rows.append(dict(task=task, tokens=blocks.n_targets, loss=math.log(ppl), perplexity=ppl))
+    out["perplexity"] = dict(blocks=args.blocks, block_size=args.block_size, rows=rows)
+    done("perplexity", t0)
+
+    t0 = time.perf_counter()
+    step("layer gains zeta^2")
+    scores, train = {}, {}
+    for task in args.score_tasks:
+        train[task] = load_task(task, tokenizer, split="train", n_blocks=args.score_blocks, block_size=args.block_size)
+        scores[task] = score(model, train[task], curvature=args.curvature, batch_size=1)
+    first, second = (scores[t] for t in args.score_tasks)
+    shift = np.abs(first.q - second.q)
+    out["scores"] = dict(curvature=args.curvature, blocks=args.score_blocks, block_size=args.block_size,
+                         tasks=list(args.score_tasks), q={t: s.q.tolist() for t, s in scores.items()},
+                         zeta2={t: s.values.tolist() for t, s in scores.items()},
+                         spearman=first.spearman(second), largest_shift_layer=int(np.argmax(shift)),
+                         total_variation=float(shift.sum() / 2))
+    done("scores", t0)
+
+    t0 = time.perf_counter()
+    step("program A: LoRA ranks")
+    q_task = args.score_tasks[-1]
+    cost, caps = rank_costs(model), rank_caps(model)
+    budget = int(args.rank * cost.sum())
+    exact = mdl.allocate(scores[q_task].q, budget, cost=cost, beta=args.beta, lower=1, upper=caps)
+    cvx = reference.allocate(scores[q_task].q, budget, cost=cost, beta=args.beta, lower=1, upper=caps)
+    integer = lora_rank_pattern(model, scores[q_task], budget, beta=args.beta)
+    out["allocation"] = dict(task=q_task, budget=budget, uniform_rank=args.rank, beta=args.beta,
+                             ranks=integer.ranks.tolist(), parameters=integer.parameters,
+                             continuous=exact.x.tolist(), nu=exact.nu, kkt_residual=exact.kkt_residual,
+                             cvxpy_status=cvx.status, cvxpy_gap=float(np.max(np.abs(exact.x - cvx.x))),
+                             objective_gap=float(exact.objective - cvx.objective))
+    done("allocation", t0)
+
+    t0 = time.perf_counter()
+    step("program B: pruning with Wanda")
+    p_task = args.score_tasks[0]
+    evaluation = load_task(p_task, tokenizer, split="test", n_blocks=args.blocks, block_size=args.block_size)
+    sizes = layer_sizes(model)
+    maps = {"uniform": sparsity_map("uniform", args.sparsity, sizes),
+            "mdl": sparsity_map("mdl", args.sparsity, sizes, scores[p_task], band=args.band)}
+    before = _weights_crc(model)
+    dense = next((r["perplexity"] for r in rows if r["task"] == p_task), None)
+    if dense is None:
+        dense = perplexity(model, evaluation, batch_size=args.batch_size)
+    pruned_ppl, achieved = {}, {}
+    for name, per_layer in maps.items():
+        with pruned(model, per_layer, "wanda", blocks=train[p_task], batch_size=args.batch_size) as report:
+            pruned_ppl[name] = perplexity(model, evaluation, batch_size=args.batch_size)
+            achieved[name] = report.global_sparsity
+    out["pruning"] = dict(task=p_task, sparsity=args.sparsity, band=args.band, method="wanda",
+                          calibration=dict(task=p_task, split="train", blocks=args.score_blocks,
+                                           block_size=args.block_size),
+                          map=maps["mdl"].tolist(), dense=dense, uniform=pruned_ppl["uniform"], mdl=pruned_ppl["mdl"],
+                          achieved=achieved, weights_restored=_weights_crc(model) == before)
+    done("pruning", t0)
+
+    if args.question:
+        step("generating an answer")
+        t0 = time.perf_counter()
+        out["answer"] = dict(question=args.question, answer=generate(model, tokenizer, args.question))
+        done("answer", t0)
+    out["next"] = ["layerq lab", "layerq score --help", "layerq prune --help", "layerq allocate --help"]
+    return out
+
+
+_EIGHTHS = " ▏▎▍▌▋▊▉█"
+
+
+def _bar(value: float, top: float, width: int) -> str:
+    """A horizontal bar of value / top of `width` characters, in eighths of a character (ASCII '#'
+    when stdout cannot encode block characters)."""
+    fill = 0.0 if top <= 0 else max(0.0, min(1.0, value / top)) * width
+    encoding = getattr(sys.stdout, "encoding", None) or "ascii"
+    try:
+        _EIGHTHS.encode(encoding)
+    except (UnicodeEncodeError, LookupError):
+        return ("#" * round(fill)).ljust(width)
+    whole, part = int(fill), int(round((fill - int(fill)) * 8))
+    if part == 8:
+        whole, part = whole + 1, 0
+    return ("█" * whole + (_EIGHTHS[part] if part else "")).ljust(width)
+
+
+def _print_demo(r: dict):
+    m, p, s, a, b = r["model"], r["perplexity"], r["scores"], r["allocation"], r["pruning"]
+    sec = r["seconds"]
+    print("layerq demo: the whole pipeline on a real model: score the layers -> q -> allocate / prune -> the effect")
     print()
-    print(f"question   {args.question}")
-    print(f"answer     {generate(model, tokenizer, args.question)}")
+    print(f"1. the model ({sec['model']} s)")
+    print(f"   {m['name']}: {m['family']}, {m['layers']} decoder layers, hidden {m['hidden']}, "
+          f"{m['parameters'] / 1e6:.1f}M parameters, on {m['device']}")
+    print(f"   weights from {m['source']} (loaded in {m['load_seconds']} s)")
+    print(f"   each layer's linear maps ({m['layer_weights'] / 1e6:.2f}M weights): {', '.join(m['linear_maps'])}")
+    print("   -> what every later step scores, adapts and prunes")
+    print()
+    print(f"2. held-out perplexity per task ({sec['perplexity']} s): exp(mean next-token loss) on {p['blocks']} "
+          f"test blocks of {p['block_size']} tokens; lower is better")
+    print(f"   {'task':<12}{'tokens':>8}{'loss':>8}{'perplexity':>12}")
+    for row in p["rows"]:
+        print(f"   {row['task']:<12}{row['tokens']:>8}{row['loss']:>8.3f}{row['perplexity']:>12.2f}")
+    print()
+    t1, t2 = s["tasks"]
+    print(f"3. layer gain zeta_k^2 = g_k^T H_kk^-1 g_k per layer, as q_k = zeta_k^2 / sum_j zeta_j^2 ({sec['scores']} s)")
+    print(f"   ({s['curvature']} curvature, {s['blocks']} training blocks of {s['block_size']} tokens per task): "
+          "how much the loss can drop by changing layer k alone")
+    top = max(max(s["q"][t1]), max(s["q"][t2]))
+    width = 22
+    print(f"   {'layer':>5}  {t1:<{width + 7}}{t2}")
+    for k, (x, y) in enumerate(zip(s["q"][t1], s["q"][t2])):
+        mark = "  <- largest shift" if k == s["largest_shift_layer"] else ""
+        print(f"   {k:>5}  {_bar(x, top, width)}{x:5.3f}  {_bar(y, top, width)}{y:5.3f}{mark}")
+    print(f"   the tasks rank the layers differently: Spearman {s['spearman']:+.2f}, "
+          f"{100 * s['total_variation']:.0f}% of q moves between layers from {t1} to {t2}")
+    print()
+    print(f"4. program A: LoRA ranks r_k for a budget of {a['budget']:,} parameters (rank {a['uniform_rank']} "
+          f"everywhere), q from {a['task']} ({sec['allocation']} s)")
+    print("   max sum_k q_k log(1 + r_k / beta) s.t. sum_k c_k r_k = budget: r_k = clip(q_k / (nu c_k) - beta, 1, cap_k)")
+    print(f"   uniform  {' '.join(str(a['uniform_rank']) for _ in a['ranks'])}")
+    print(f"   MDL      {' '.join(map(str, a['ranks']))}  ({a['parameters']:,} parameters, whole ranks)")
+    print(f"   KKT residual {a['kkt_residual']:.1e}; largest gap to cvxpy ({a['cvxpy_status']}) "
+          f"{a['cvxpy_gap']:.1e} ranks, objective gap {a['objective_gap']:+.1e}: the closed form is the optimum")
+    print()
+    print(f"5. program B: per-layer sparsity at {100 * b['sparsity']:.0f}% from q on {b['task']}, pruned with Wanda "
+          f"({sec['pruning']} s)")
+    print("   min sum_k q_k (-log(1 - s_k)) s.t. the global sparsity: low-gain layers lose more weights "
+          f"(s_k within {100 * b['sparsity']:.0f} +/- {100 * b['band']:.0f}%)")
+    print("   s_k %    " + " ".join(f"{100 * x:.0f}" for x in b["map"]))
+    print(f"   {b['task']} test perplexity: dense {b['dense']:.2f} -> uniform {100 * b['sparsity']:.0f}% "
+          f"{b['uniform']:.2f} -> MDL map {b['mdl']:.2f}")
+    print(f"   weights restored after pruning: {'yes (bit-identical)' if b['weights_restored'] else 'NO'}")
+    print()
+    if "answer" in r:
+        print(f"   question {r['answer']['question']}")
+        print(f"   answer   {r['answer']['answer']}")
+        print()
+    print("6. next: `layerq lab` opens the tutorials (00-07) in JupyterLab, where every step above is a widget;")
+    print("   `layerq score|prune|allocate --help` run each step on your task and save what it finds (--out, --save)")
+
+
+def cmd_demo(args) -> int:
+    import json
+
+    from tqdm.auto import tqdm
+    t0 = time.perf_counter()
+    with tqdm(total=5 + bool(args.question), desc="layerq demo", unit="step", leave=False) as steps:
+        report = _demo_pipeline(args, steps)
+    report["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        _print_demo(report)
+        print(f"\n(total {report['seconds']['total']} s)")
     return 0
 
 
@@ -347,8 +570,9 @@ def cmd_score(args) -> int:
         for name, value, q in zip(result.names, result.values, result.q):
             print(f"  {name:<24}{value:>14.5g}{q:>9.4f}")
         if args.out:
-            _write_out(args.out, result.to_json())
-            print(f"wrote {args.out}")
+            from .artefacts import save_scores
+            save_scores(result, model, args.out)
+            print(f"wrote {args.out} (prune and allocate take it as --scores {args.out})")
     if dist:
         dist.destroy_process_group()
     return 0
@@ -377,10 +601,27 @@ def cmd_prune(args) -> int:
 
     model, tokenizer, calibration, validation = _model_train_validation(args)
     evaluation = load_task(args.task, tokenizer, split="test", n_blocks=args.eval_blocks, block_size=args.block_size)
-    per_layer = map_functions(model, calibration, validation, [args.map], band=args.band)[args.map](args.sparsity)
+    if args.scores:
+        from .artefacts import load_scores
+        from .pruning import layer_sizes, sparsity_map
+        scores = load_scores(args.scores, model)
+        base = args.map.removesuffix("-reverse")
+        per_layer = sparsity_map(base.split("-")[0], args.sparsity, layer_sizes(model), scores, band=args.band,
+                                 reverse=args.map.endswith("-reverse"))
+    else:
+        per_layer = map_functions(model, calibration, validation, [args.map], band=args.band)[args.map](args.sparsity)
     dense = perplexity(model, evaluation, args.batch_size, progress=False)
     with pruned(model, per_layer, args.method, blocks=calibration, batch_size=args.batch_size) as report:
         ppl = perplexity(model, evaluation, args.batch_size, progress=False)
+        if args.save:
+            from .artefacts import save_pruned
+            save_pruned(model, tokenizer, args.save, dict(
+                model=args.model, map=args.map, method=args.method, sparsity=args.sparsity, band=args.band,
+                scores=args.scores, target=report.target.tolist(), per_layer=report.achieved.tolist(),
+                global_sparsity=report.global_sparsity, layers=[layer.name for layer in layers(model)],
+                calibration=dict(task=args.task, split="train", blocks=args.blocks, block_size=args.block_size),
+                evaluation=dict(task=args.task, split="test", blocks=args.eval_blocks, block_size=args.block_size),
+                dense_perplexity=dense, perplexity=ppl))
     print(f"{'layer':<18}{'target':>8}{'zeros':>8}")
     for layer, target, got in zip(layers(model), report.target, report.achieved):
         print(f"{layer.name:<18}{target:>8.3f}{got:>8.3f}")
@@ -392,6 +633,9 @@ def cmd_prune(args) -> int:
             achieved=report.global_sparsity, dense_perplexity=dense, perplexity=ppl, target=report.target.tolist(),
             per_layer=np.round(report.achieved, 6).tolist(), layers=[layer.name for layer in layers(model)]), indent=1))
         print(f"wrote {args.out}")
+    if args.save:
+        print(f"saved the pruned model to {args.save} (AutoModelForCausalLM.from_pretrained({str(args.save)!r}); "
+              "layerq-prune.json records the map)")
     return 0
 
 
@@ -403,23 +647,48 @@ def cmd_allocate(args) -> int:
     model, _, train, val = _model_train_validation(args)
     if args.scores == "zeta2":
         scores = score(model, train, curvature="kfac")
-    else:
+    elif args.scores == "layerif":
         scores = layer_influence(model, train, val).scores("positive")
+    else:
+        from .artefacts import load_scores
+        scores = load_scores(args.scores, model)
     budget = args.budget if args.budget is not None else int(args.rank * rank_costs(model).sum())
+    label = f"mdl-{args.scores}" if args.scores in ("zeta2", "layerif") else "mdl-file"
     allocations = {"uniform": lora_rank_pattern(model, "uniform", budget),
-                   f"mdl-{args.scores}": lora_rank_pattern(model, scores, budget, beta=args.beta)}
+                   label: lora_rank_pattern(model, scores, budget, beta=args.beta)}
     print(f"budget {budget:,} LoRA parameters over {len(scores)} layers (q: {scores.method} on {args.task})")
     for name, alloc in allocations.items():
         print(f"{name:>14}  {alloc.parameters:>10,}  ranks {' '.join(map(str, alloc.ranks))}")
+    record = dict(model=args.model, task=args.task, budget=budget, beta=args.beta,
+                  score_method=scores.method, uniform_ranks=allocations["uniform"].ranks.tolist(),
+                  layers=list(scores.names))
+    trained = None
     if args.train:
         from peft import get_peft_model
         for name, alloc in allocations.items():
             peft_model = get_peft_model(model, lora_config(alloc))
             res = finetune(peft_model, train, val, steps=args.steps, lr=args.lr, seed=args.seed)
+            if args.save and name == label:       # the MDL adapter is the one kept
+                trained = dict(val_loss_before=res.val_loss_before, val_loss_after=res.val_loss_after,
+                               steps=args.steps, lr=args.lr, seed=args.seed)
+                _save_allocation(args, allocations[label], record, trained, peft_model)
             model = peft_model.unload()
             print(f"{name:>14}  validation loss {res.val_loss_before:.4f} -> {res.val_loss_after:.4f} "
                   f"after {args.steps} steps ({res.seconds:.0f} s)")
+    if args.save:
+        if trained is None:
+            _save_allocation(args, allocations[label], record, None, None)
+        print(f"saved the {label} LoRA {'adapter' if trained else 'configuration'} to {args.save} "
+              f"(peft: LoraConfig.from_pretrained({str(args.save)!r})"
+              + (f", PeftModel.from_pretrained(model, {str(args.save)!r})" if trained else "") + ")")
     return 0
+
+
+def _save_allocation(args, allocation, record, trained, peft_model):
+    from .artefacts import save_adapter
+    from .models import SHORT_NAMES
+    base = SHORT_NAMES.get(args.model, args.model)
+    save_adapter(allocation, args.save, {**record, "trained": trained}, base_model=base, peft_model=peft_model)
 
 
 def _add_model_and_device(parser):
@@ -442,16 +711,30 @@ def build_parser() -> argparse.ArgumentParser:
     debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the full traceback of an error")
 
-    demo = sub.add_parser("demo", parents=[debug], help="load the default real model and report perplexity per task",
-                          description="Load a real pretrained model and report its facts, held-out "
-                                      "perplexity on each task, and one generated answer.")
+    demo = sub.add_parser("demo", parents=[debug], help="the whole pipeline on the default real model",
+                          description="The pipeline on a real pretrained model: its facts, held-out perplexity "
+                                      "per task, zeta^2 per layer for two tasks, program A's LoRA ranks (with its "
+                                      "KKT residual and the gap to cvxpy), program B's sparsity map applied with "
+                                      "Wanda (weights restored), and where to go next.")
     _add_model_and_device(demo)
     demo.add_argument("--tasks", nargs="+", default=["prose", "code", "arithmetic"], help="tasks to evaluate")
-    demo.add_argument("--blocks", type=int, default=16, help="test blocks per task (default: %(default)s)")
-    demo.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
+    demo.add_argument("--score-tasks", nargs=2, default=["prose", "arithmetic"], metavar=("PRUNE_TASK", "LORA_TASK"),
+                      help="the two tasks to score; the first calibrates the pruning, the second the LoRA ranks "
+                           "(default: %(default)s)")
+    demo.add_argument("--blocks", type=int, default=2, help="test blocks per task (default: %(default)s)")
+    demo.add_argument("--score-blocks", type=int, default=1,
+                      help="training blocks to score (and calibrate Wanda) on (default: %(default)s)")
+    demo.add_argument("--block-size", type=int, default=128, help="tokens per block (default: %(default)s)")
     demo.add_argument("--batch-size", type=int, default=4, help="blocks per forward pass (default: %(default)s)")
-    demo.add_argument("--question", default="What is 12 + 35?", help="question for the generated answer")
-    demo.set_defaults(func=cmd_demo, check=_check_common)
+    demo.add_argument("--curvature", default="diag", choices=["identity", "diag", "kfac", "ekfac"],
+                      help="curvature of zeta^2 (default: %(default)s, the fastest; kfac as in the paper)")
+    demo.add_argument("--rank", type=int, default=2, help="LoRA budget = this uniform rank's parameters (default: %(default)s)")
+    demo.add_argument("--beta", type=float, default=1.0, help="program A's beta (default: %(default)s)")
+    demo.add_argument("--sparsity", type=float, default=0.6, help="global sparsity of program B (default: %(default)s)")
+    demo.add_argument("--band", type=float, default=0.1, help="the MDL map keeps s_k within S -/+ band (default: %(default)s)")
+    demo.add_argument("--question", default=None, help="also generate an answer to this question")
+    demo.add_argument("--json", action="store_true", help="print the same content as JSON (progress stays on stderr)")
+    demo.set_defaults(func=cmd_demo, check=_check_demo)
 
     sc = sub.add_parser("score", parents=[debug], help="layer scores zeta^2 (or grad-norm) on a task; torchrun-ready",
                         description="Score every layer of a model on a task. Under torchrun "
@@ -489,7 +772,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--eval-blocks", type=int, default=16, help="test blocks for perplexity (default: %(default)s)")
     pr.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
     pr.add_argument("--batch-size", type=int, default=4)
+    pr.add_argument("--scores", default=None, metavar="FILE",
+                    help="layer scores from `layerq score --out FILE` for the mdl-*/layerif maps (no rescoring)")
     pr.add_argument("--out", default=None, help="write the result as JSON here")
+    pr.add_argument("--save", default=None, metavar="DIR",
+                    help="write the pruned model here (safetensors, config, tokenizer + layerq-prune.json)")
     pr.set_defaults(func=cmd_prune, check=_check_prune)
 
     al = sub.add_parser("allocate", parents=[debug], help="LoRA ranks per layer from layer scores (MDL program A)",
@@ -497,7 +784,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "scores; with --train, fine-tune uniform and MDL ranks briefly and compare.")
     _add_model_and_device(al)
     al.add_argument("--task", default="arithmetic", help="task to score and train on (default: %(default)s)")
-    al.add_argument("--scores", default="zeta2", choices=["zeta2", "layerif"])
+    al.add_argument("--scores", default="zeta2", metavar="zeta2|layerif|FILE",
+                    help="score with zeta^2 (K-FAC) or LayerIF, or read a file from `layerq score --out` "
+                         "(default: %(default)s)")
+    al.add_argument("--save", default=None, metavar="DIR",
+                    help="write the MDL allocation as a peft adapter_config.json here (with --train, the "
+                         "trained adapter too)")
     al.add_argument("--rank", type=int, default=2, help="budget = this uniform rank's parameters (default: %(default)s)")
     al.add_argument("--budget", type=int, default=None, help="LoRA parameter budget > 0 (overrides --rank); "
                                                               "ranks are capped at min(d_in, d_out)")
