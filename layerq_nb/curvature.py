@@ -171,7 +171,7 @@ def exact_layer(model, blocks: Blocks, layer_index: int, grad: dict, damping: fl
     mean eigenvalue for relative damping is a Hutchinson trace estimate (Rademacher probes, seeded).
     """
     _, names = _layer_params(model, layer_index)
-    g = _flatten(grad, names).double()
+    g = _flatten(grad, names).to(next(model.parameters()).device).double()   # the products run there
     dim = g.numel()
 
     def gvp(x):
@@ -179,15 +179,17 @@ def exact_layer(model, blocks: Blocks, layer_index: int, grad: dict, damping: fl
                                            batch_size=batch_size), names).double()
 
     if dim <= max_dense:
-        dense = torch.stack([gvp(e) for e in torch.eye(dim, dtype=torch.float64)], dim=1)
+        dense = torch.stack([gvp(e) for e in torch.eye(dim, dtype=torch.float64, device=g.device)], dim=1)
         dense = (dense + dense.T) / 2
         mean_eig = float(torch.trace(dense)) / dim
         lam = damping_level(damping, damping_mode, mean_eig)
-        chol = torch.linalg.cholesky(dense + lam * torch.eye(dim, dtype=torch.float64))
+        chol = torch.linalg.cholesky(dense + lam * torch.eye(dim, dtype=torch.float64, device=g.device))
         x = torch.cholesky_solve(g[:, None], chol)[:, 0]
         return ExactLayer(float(g @ x), lam, mean_eig, dense.float(), 0, 0.0)
+    # cpu on purpose: the probes are drawn on the CPU so a seed gives the same trace estimate on any device
     gen = torch.Generator().manual_seed(seed)
-    probes = [torch.randint(0, 2, (dim,), generator=gen).double() * 2 - 1 for _ in range(hutchinson_probes)]
+    probes = [torch.randint(0, 2, (dim,), generator=gen).to(g.device).double() * 2 - 1  # cpu on purpose: as above
+              for _ in range(hutchinson_probes)]
     mean_eig = float(sum(z @ gvp(z) for z in probes)) / (hutchinson_probes * dim)
     lam = damping_level(damping, damping_mode, mean_eig)
     x, iters, res = _conjugate_gradients(lambda y: gvp(y) + lam * y, g, cg_tol, cg_max_iter)

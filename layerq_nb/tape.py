@@ -136,10 +136,12 @@ def all_reduce(reducers: Iterable[Reducer]):
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return
+    # NCCL reduces only CUDA tensors, gloo CPU ones: the count travels on the backend's device
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     for reducer in reducers:
         for key in sorted(reducer.state, key=str):      # the same order on every process
             dist.all_reduce(reducer.state[key])
-        count = torch.tensor([reducer.tokens], dtype=torch.float64)
+        count = torch.tensor([reducer.tokens], dtype=torch.float64, device=device)
         dist.all_reduce(count)
         reducer.tokens = int(count.item())
 
@@ -194,7 +196,7 @@ def _token_nll(logp, targets):
 
 def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data", reduction: str = "mean",
              batch_size: int = 4, seed: int = 0, block_ids=None, n_targets: int | None = None,
-             progress: bool = True, desc: str = "tape", autocast: bool = False, only=None, then=None) -> float:
+             progress: bool = True, desc: str = "tape", autocast: bool | torch.dtype = False, only=None, then=None) -> float:
     """One forward/backward pass over `blocks` feeding (a, b) per module to every reducer.
 
     labels: "data" (the blocks' labels) or "sampled" (drawn from the model, seeded per block, for the
@@ -204,7 +206,9 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     block's mean loss (per-example losses l(z_i), for influence functions). `block_ids` (global block indices) make sampled
     labels independent of sharding and batching. `only`: layer indices whose modules are reduced
     (default all). `then`: further (reducers, labels, reduction) phases that reuse each batch's forward
-    pass with one more backward each (gradients and Fisher statistics from one forward).
+    pass with one more backward each (gradients and Fisher statistics from one forward). `autocast`:
+    True (bfloat16) or a half dtype for the passes, e.g. `device.dtype_policy(device).autocast`; the
+    statistics are float32 either way.
     Returns the summed data-label loss over the blocks.
     """
     if len(blocks) == 0:
@@ -248,7 +252,8 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
             for phase_reducers, _, _ in phases:
                 for r in phase_reducers:
                     r.begin_batch(int(mask.sum()))
-            ctx = torch.autocast(device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+            ctx = (torch.autocast(device.type, dtype=torch.bfloat16 if autocast is True else autocast) if autocast
+                   else contextlib.nullcontext())
             with ctx:
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             targets = batch["labels"][:, 1:]
