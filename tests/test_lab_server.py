@@ -115,6 +115,7 @@ def _problems(server=SERVER, kernel=KERNEL):
 
 def test_a_healthy_setup_has_no_problem_and_reports_device_memory_and_weights():
     found = {c.name: c for c in health.checks(SERVER, KERNEL)}
+    assert isinstance(health.server_facts()["disabled"], list)     # read from page_config.json, never raises
     assert _problems() == {}
     assert found["device"].detail.startswith("torch 2.13.0+cpu, cpu, 2 CPU threads")
     assert found["memory"].detail.startswith("24.0 GB total, 16.0 GB available")
@@ -142,9 +143,14 @@ def test_each_problem_comes_with_its_one_line_fix():
     assert _problems(kernel={**KERNEL, "torch_stack": stack})["torch / torchvision"].fix == \
         "Fix: pip uninstall -y torchvision"
 
+    off = _problems(server={**SERVER, "disabled": ["anywidget", "some-other-extension"]})
+    assert off["front ends enabled (server)"].detail == "disabled: anywidget"
+    assert off["front ends enabled (server)"].fix == "jupyter labextension enable anywidget, then reload the page"
+
     gone = _problems(kernel={"error": "no Python kernel is installed for this server"})
     assert "ipykernel install" in gone["kernel"].fix
-    for check in [*missing.values(), *older.values(), *tight.values(), *offline.values(), *gone.values()]:
+    for check in [*missing.values(), *older.values(), *tight.values(), *offline.values(), *off.values(),
+                  *gone.values()]:
         assert check.fix and "\n" not in check.fix
 
 

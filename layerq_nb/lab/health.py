@@ -36,7 +36,19 @@ def server_facts() -> dict:
     """The Jupyter server's side, from the server's own process: its Python, the versions there, and the
     front ends (labextensions) it can serve."""
     report = doctor_report()
-    return dict(python=report["kernel_python"], versions=report["kernel"], labextensions=report["labextensions"])
+    return dict(python=report["kernel_python"], versions=report["kernel"], labextensions=report["labextensions"],
+                disabled=_disabled_labextensions())
+
+
+def _disabled_labextensions() -> list[str]:
+    """What `jupyter labextension disable` switched off (page_config.json's disabledExtensions)."""
+    try:
+        from jupyter_core.paths import jupyter_path
+        from jupyterlab_server.config import get_page_config
+        disabled = get_page_config(jupyter_path("labextensions")).get("disabledExtensions", [])
+    except Exception:             # noqa: BLE001 - no JupyterLab here: nothing can be disabled
+        return []
+    return sorted(k for k, v in disabled.items() if v) if isinstance(disabled, dict) else sorted(disabled)
 
 
 def kernel_python(argv: list[str] | None) -> str | None:
@@ -80,6 +92,13 @@ def checks(server: dict, kernel: dict) -> list[Check]:
     found.append(Check("widget front ends (server)", "problem" if missing else "ok",
                        ("missing: " + ", ".join(missing) + ". " + FAILED_TO_LOAD) if missing else
                        ", ".join(f"{name} {ext[name]}" for name in WIDGET_FRONT_ENDS), serve_fix if missing else ""))
+
+    off = [name for name in server.get("disabled", [])
+           if name.split(":")[0] in (*WIDGET_FRONT_ENDS, "layerq-nb")]
+    if off:
+        found.append(Check("front ends enabled (server)", "problem", "disabled: " + ", ".join(off),
+                           "; ".join(f"jupyter labextension enable {name}" for name in off) +
+                           ", then reload the page"))
 
     if "error" in kernel:
         found.append(Check("kernel", "problem", kernel["error"],
