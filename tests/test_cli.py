@@ -34,13 +34,47 @@ def test_bad_task_is_one_line(capsys, real):
 
 
 @pytest.mark.real_model
-def test_demo_on_the_real_model(capsys, real):
-    assert main(["demo", "--blocks", "1", "--block-size", "128"]) == 0
+def test_demo_runs_the_pipeline_on_the_real_model(capsys, real):
+    """One small run (--json); the text view renders the same report."""
+    import json
+
+    from layerq_nb.cli import _print_demo
+    assert main(["demo", "--blocks", "1", "--score-blocks", "1", "--block-size", "32", "--json"]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert "layerq demo" in captured.err            # progress goes to the terminal, not into the JSON
+    assert report["model"]["layers"] == 30 and report["model"]["parameters"] == 134_515_008
+    assert [row["task"] for row in report["perplexity"]["rows"]] == ["prose", "code", "arithmetic"]
+    for task in ("prose", "arithmetic"):
+        q = report["scores"]["q"][task]
+        assert len(q) == 30 and sum(q) == pytest.approx(1.0) and min(q) > 0
+    assert report["scores"]["q"]["prose"] != report["scores"]["q"]["arithmetic"]
+    a = report["allocation"]
+    assert a["kkt_residual"] < 1e-6 and a["cvxpy_gap"] < 1e-4 and a["parameters"] <= a["budget"]
+    b = report["pruning"]
+    assert len(b["map"]) == 30 and b["achieved"]["mdl"] == pytest.approx(0.6, abs=0.01)
+    assert b["uniform"] > b["dense"] and b["mdl"] > b["dense"]
+    assert b["weights_restored"] is True
+    _print_demo(report)
     out = capsys.readouterr().out
-    assert "llama, 30 layers, hidden 576, 134.5M parameters" in out
-    for task in ("prose", "code", "arithmetic"):
-        assert f"  {task}" in out
-    assert "answer" in out
+    assert "llama, 30 decoder layers, hidden 576, 134.5M parameters" in out
+    assert "program A" in out and "program B" in out and "layerq lab" in out
+    assert out.count("█") > 30 * 2                   # the bar chart, two bars per layer
+
+
+def test_the_demo_checksum_sees_one_changed_weight(tiny):
+    import torch
+
+    from layerq_nb.cli import _weights_crc
+    model, _ = tiny
+    before = _weights_crc(model)
+    weight = next(model.parameters())
+    with torch.no_grad():
+        old = weight.view(-1)[0].item()
+        weight.view(-1)[0] = old + 1e-3
+        changed = _weights_crc(model)
+        weight.view(-1)[0] = old
+    assert changed != before and _weights_crc(model) == before
 
 
 @pytest.mark.real_model
