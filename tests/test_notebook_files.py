@@ -31,6 +31,10 @@ def test_tutorial_shape(path):
     assert cells[0]["cell_type"] == "markdown" and head.startswith(f"# {path.name[:2]} ")
     for part in ("**You will:**", "**Prerequisites:**", "**Time:**", "**Needs:**"):
         assert part in head, f"the first cell says {part}"
+    # a template's blanks must never reach a learner (TIME_FAST, __MEM__, MEMORY were once shipped)
+    blanks = re.findall(r"__[A-Z_]+__|\b(?:TIME_[A-Z]+|MEMORY|TODO|TBD|XXX)\b", _text(cells, "markdown"))
+    assert not blanks, f"unfilled placeholders in the text: {blanks}"
+    assert re.search(r"\*\*Needs:\*\*[^\n]*\d(\.\d)? GB", head), "the header gives the measured memory in GB"
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and 'os.environ.get("LAYERQ_FAST"' in "".join(params[0]["source"])
     code = _text(cells, "code")

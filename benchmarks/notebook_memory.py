@@ -1,0 +1,74 @@
+"""Peak memory of each tutorial in FAST mode, kernel included: the number a Binder or JupyterHub limit sees.
+
+    python benchmarks/notebook_memory.py [--notebooks 00 04] [--mode learn|blank|solve]
+
+Each notebook runs in a fresh `jupyter nbconvert --execute` under GNU time (`/usr/bin/time -f %M`), whose
+maximum resident set size covers the largest process of the tree it waits for (the kernel, here). Writes
+benchmarks/results/notebook_memory.jsonl and prints a markdown table. Target (issue 20): <= 1.8 GB, the
+lower end of the 1-2 GB a public Binder guarantees.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BINDER_LIMIT_GB = 1.8
+
+
+def measure(notebook: Path, *, mode: str, timeout: int) -> dict:
+    """Run one notebook in FAST mode in a fresh kernel; peak RSS in GB (10^9 bytes) and wall seconds."""
+    time_bin = shutil.which("time") or "/usr/bin/time"
+    if not Path(time_bin).exists():
+        raise SystemExit("GNU time is missing: apt-get install time")
+    env = dict(os.environ, LAYERQ_FAST="1", LAYERQ_EXERCISES=mode, MPLBACKEND="Agg")
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        run = subprocess.run(
+            [time_bin, "-f", "%M", sys.executable, "-m", "jupyter", "nbconvert", "--execute", "--to", "notebook",
+             f"--ExecutePreprocessor.timeout={timeout}", "--output-dir", out, str(notebook)],
+            cwd=notebook.parent, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - t0
+    if run.returncode != 0:
+        raise RuntimeError(f"{notebook.name} failed:\n{run.stderr[-3000:]}")
+    peak_kib = int(run.stderr.strip().splitlines()[-1])     # %M is the last line GNU time writes
+    return dict(notebook=notebook.name, mode=mode, peak_gb=round(peak_kib * 1024 / 1e9, 3),
+                seconds=round(seconds, 1))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--notebooks", nargs="*", default=None, help="two-digit numbers, e.g. 00 04 (default: all)")
+    parser.add_argument("--mode", default="learn", choices=["learn", "blank", "solve"],
+                        help="exercise mode: learn is what a student runs")
+    parser.add_argument("--timeout", type=int, default=600)
+    args = parser.parse_args(argv)
+    notebooks = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    if args.notebooks:
+        notebooks = [nb for nb in notebooks if nb.name[:2] in set(args.notebooks)]
+    results = ROOT / "benchmarks" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for nb in notebooks:
+        row = measure(nb, mode=args.mode, timeout=args.timeout)
+        rows.append(row)
+        print(f"{row['notebook']}: {row['peak_gb']:.2f} GB in {row['seconds']:.0f} s", file=sys.stderr)
+        with open(results / "notebook_memory.jsonl", "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    print(f"| notebook | peak RSS, kernel included (GB) | <= {BINDER_LIMIT_GB} GB | wall (s) |")
+    print("|---|---|---|---|")
+    for row in rows:
+        ok = "yes" if row["peak_gb"] <= BINDER_LIMIT_GB else "**no**"
+        print(f"| {row['notebook']} | {row['peak_gb']:.2f} | {ok} | {row['seconds']:.0f} |")
+    return 0 if all(r["peak_gb"] <= BINDER_LIMIT_GB for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
