@@ -7,3 +7,6 @@ import os
 os.environ.setdefault("LAYERQ_FAST", "1")
 os.environ.setdefault("LAYERQ_EXERCISES", "blank")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# the learner's copies the JupyterLab extension makes when `layerq lab` serves notebooks/: theirs, not tutorials
+collect_ignore_glob = ["notebooks/layerq-tutorials/*"]
