@@ -473,14 +473,15 @@ def _print_demo(r: dict):
     print()
     t1, t2 = s["tasks"]
     print(f"3. layer gain zeta_k^2 = g_k^T H_kk^-1 g_k per layer, as q_k = zeta_k^2 / sum_j zeta_j^2 ({sec['scores']} s)")
-    print(f"   ({s['curvature']} curvature, {s['blocks']} training blocks of {s['block_size']} tokens per task): "
+    print(f"   ({s['curvature']} curvature, {s['blocks']} training block{'s' * (s['blocks'] > 1)} of {s['block_size']} "
+          "tokens per task): "
           "how much the loss can drop by changing layer k alone")
     top = max(max(s["q"][t1]), max(s["q"][t2]))
     width = 22
-    print(f"   {'layer':>5}  {t1:<{width + 7}}{t2}")
+    print(f"   {'layer':>5}  {t1:<{width + 8}}{t2}")
     for k, (x, y) in enumerate(zip(s["q"][t1], s["q"][t2])):
         mark = "  <- largest shift" if k == s["largest_shift_layer"] else ""
-        print(f"   {k:>5}  {_bar(x, top, width)}{x:5.3f}  {_bar(y, top, width)}{y:5.3f}{mark}")
+        print(f"   {k:>5}  {_bar(x, top, width)} {x:5.3f}  {_bar(y, top, width)} {y:5.3f}{mark}")
     print(f"   the tasks rank the layers differently: Spearman {s['spearman']:+.2f}, "
           f"{100 * s['total_variation']:.0f}% of q moves between layers from {t1} to {t2}")
     print()

@@ -143,7 +143,7 @@ def _lowest(metric: torch.Tensor, count: int, dim=None) -> torch.Tensor:
         # set as the sort wherever that set is unique; rows where it does not mark exactly `count` (a tie at
         # the threshold, a NaN) take the sort, so the mask is the sort's in every case
         mask = metric <= torch.kthvalue(metric, count, dim=1, keepdim=True).values
-        odd = mask.sum(1) != count
+        odd = torch.count_nonzero(mask, dim=1) != count      # (a bool sum(1) is ~100x slower)
         if bool(odd.any()):
             rows = torch.zeros_like(metric[odd], dtype=torch.bool)
             mask[odd] = rows.scatter_(1, torch.argsort(metric[odd], dim=1)[:, :count], True)
