@@ -45,7 +45,7 @@ def test_prune_save_round_trips_through_transformers(tmp_path, capsys):
                  "--eval-blocks", "2", "--out", str(out_file), "--save", str(folder)]) == 0
     assert "saved the pruned model" in capsys.readouterr().out
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
-    model, record = _check_pruned_folder(folder, out_file)
+    _, record = _check_pruned_folder(folder, out_file)
     assert record["global_sparsity"] == pytest.approx(0.5, abs=0.01)
     # the same folder can be written again (it is ours), a folder of other files cannot
     assert main(["prune", *TINY, "--map", "uniform", "--method", "magnitude", "--blocks", "1", "--eval-blocks", "1",
