@@ -120,6 +120,21 @@ def instructor_notebook(tutorial: dict) -> tuple[dict, dict]:
     return nb, points
 
 
+def _restore_stubs(released: dict, tutorial: dict) -> None:
+    """Give each released answer cell the tutorial's exact text: nbgrader leaves one blank line where it cut
+    the solution out, and the student edition should read exactly like the tutorial."""
+    given = {exercise_of(c): c["source"] for c in tutorial["cells"] if exercise_of(c)}
+    for cell in released["cells"]:
+        key = exercise_of(cell)
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if key is None or not meta.get("solution"):
+            continue
+        got, want = _source(cell), given[key] if isinstance(given[key], str) else "".join(given[key])
+        if [line for line in got.split("\n") if line.strip()] != [line for line in want.split("\n") if line.strip()]:
+            raise RuntimeError(f"nbgrader's release of exercise {key} differs from the tutorial beyond blank lines")
+        cell["source"] = given[key]
+
+
 def _write(path: Path, nb: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -217,8 +232,11 @@ def build(out, *, notebooks=None, wheel: bool = True, tutorials: Path | None = N
         points[path.stem] = table
         _write(instructor / "source" / path.stem / path.name, nb)
     nbgrader(instructor, "generate_assignment", "*", "--force", "--log-level=WARN")   # all in one process
-    for assignment in assignments:
-        shutil.copytree(instructor / "release" / assignment, student / "notebooks", dirs_exist_ok=True)
+    for path in tutorial_paths(notebooks, folder=tutorials):
+        if path.stem in assignments:
+            released = json.loads((instructor / "release" / path.stem / path.name).read_text(encoding="utf-8"))
+            _restore_stubs(released, json.loads(path.read_text(encoding="utf-8")))
+            _write(student / "notebooks" / path.name, released)
     (instructor / "NOTES.md").write_text(notes(points), encoding="utf-8")
     built = student_wheel(student / "wheels") if wheel else None
     (student / "README.md").write_text(STUDENT_README, encoding="utf-8")
