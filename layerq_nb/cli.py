@@ -313,6 +313,8 @@ def _check_allocate(args):
     _whole("steps", args.steps, 0)
     if args.scores not in ("zeta2", "layerif"):
         _check_scores_file(args.scores)
+    if (args.save or args.train) and importlib.util.find_spec("peft") is None:
+        raise ImportError('--save and --train need peft: pip install "layerq_nb[peft]"')
     _check_save(args)
     _check_common(args)
 
@@ -399,7 +401,7 @@ def _demo_pipeline(args, steps) -> dict:
     out["allocation"] = dict(task=q_task, budget=budget, uniform_rank=args.rank, beta=args.beta,
                              ranks=integer.ranks.tolist(), parameters=integer.parameters,
                              continuous=exact.x.tolist(), nu=exact.nu, kkt_residual=exact.kkt_residual,
-                             cvxpy_status=cvx.status, cvxpy_gap=float(np.max(np.abs(exact.x - cvx.x))),
+                             cvxpy_status=cvx.status + (", polished" if cvx.polished else ""), cvxpy_gap=float(np.max(np.abs(exact.x - cvx.x))),
                              objective_gap=float(exact.objective - cvx.objective))
     done("allocation", t0)
 
