@@ -33,7 +33,7 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
 from .editions import nbgrader, write_config
-from .markers import check_id, exercise_key
+from .markers import exercise_key
 
 __all__ = ["ClipOutput", "Score", "Grades", "grade", "collect"]
 

@@ -11,8 +11,8 @@ Interactive widgets cannot run in a static page: each is replaced by a one-line 
 from __future__ import annotations
 
 import html
-import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -23,7 +23,13 @@ from .editions import tutorial_paths
 __all__ = ["Site", "render", "MATHJAX_CONFIG"]
 
 MATHJAX_CONFIG = "TeX-AMS-MML_HTMLorMML-full,Safe"     # the configs jupyter-server-mathjax ships
+# jupyter-server-mathjax ships the STIX-Web fonts only (as the classic notebook used them): without this,
+# MathJax asks for its TeX fonts, which are not there
+FONTS = ('<script type="text/x-mathjax-config">MathJax.Hub.Config({"HTML-CSS": {availableFonts: [], '
+         'webFont: "STIX-Web", preferredFont: null, imageFont: null}, '
+         'SVG: {font: "STIX-Web"}});</script>\n')
 WIDGET = "application/vnd.jupyter.widget-view+json"
+PROGRESS = re.compile(r"\d+%\|")           # tqdm's text fallback: "Loading weights:  40%|####  | 108/272"
 WIDGET_NOTE = ('<p class="lq-static-widget"><em>An interactive widget (a view, or hint and solution buttons) '
                'is here in JupyterLab: run the notebook to use it.</em></p>')
 
@@ -52,11 +58,17 @@ def static_widgets(nb) -> int:
     nb.metadata.pop("widgets", None)
     count = 0
     for cell in nb.cells:
+        kept = []
         for output in cell.get("outputs", []):
             data = output.get("data", {})
             if WIDGET in data:
+                if PROGRESS.search(str(data.get("text/plain", ""))):
+                    continue                  # a progress bar (tqdm): nothing to show once it has finished
                 output["data"] = {"text/html": WIDGET_NOTE, "text/plain": "[interactive widget]"}
                 count += 1
+            kept.append(output)
+        if "outputs" in cell:
+            cell["outputs"] = kept
     return count
 
 
@@ -79,7 +91,11 @@ def page(nb, *, title: str) -> str:
                             require_js_url="", exclude_input_prompt=False)
     nb.metadata["title"] = title
     body, _ = exporter.from_notebook_node(nb)
-    return body.replace('<script src=""></script>', "")       # require.js only serves widgets, gone here
+    body = body.replace('<script src=""></script>', "")       # require.js only serves widgets, gone here
+    loader = '<script src="mathjax/MathJax.js'
+    if body.count(loader) != 1:
+        raise RuntimeError("nbconvert's lab template no longer loads MathJax where expected")
+    return body.replace(loader, FONTS + loader)
 
 
 def render(out, *, notebooks=None, fast: bool = True, timeout: int = 900, tutorials: Path | None = None) -> Site:

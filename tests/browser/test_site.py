@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import functools
 import html
-import json
 import http.server
+import json
 import threading
 
 import pytest
@@ -29,7 +29,7 @@ def site(tmp_path_factory):
 
 
 def test_rendered_page_typesets_math_and_shows_figures_offline(site, page, console_errors):
-    rendered, base = site
+    _, base = site
     refused = []
 
     def route(route):
@@ -54,8 +54,11 @@ def test_rendered_page_typesets_math_and_shows_figures_offline(site, page, conso
     for i in range(figures.count()):
         assert figures.nth(i).evaluate("img => img.complete && img.naturalWidth > 100"), f"figure {i} is empty"
     expect(page.locator(".jp-OutputArea-output").filter(has_text="Not answered yet").first).to_be_visible()
-    assert all("mathjax" not in url.lower() for url in refused), refused   # MathJax came from the site
-    assert not console_errors, console_errors
+    assert refused == []                 # everything, MathJax and its fonts included, came from the site
+    # MathJax 2's HTML-CSS output probes with an `about:blank` resource, which Chromium reports as an error
+    # (with its "Failed to load resource: net::ERR_FAILED"); nothing else may fail
+    others = [e for e in console_errors if "about:blank" not in e and e != "Failed to load resource: net::ERR_FAILED"]
+    assert not others, console_errors
 
 
 def test_rendered_copy_has_no_solution_text(site):
