@@ -495,6 +495,20 @@ def _block_list(model) -> tuple[str, nn.ModuleList]:
     return best
 
 
+def _fused_experts(block) -> list[tuple[str, tuple]]:
+    """3-d weight tensors of a mixture of experts' fused expert stack (transformers' `*Experts` modules,
+    e.g. Mixtral's experts.gate_up_proj of shape (experts, 2 d_ff, d)); adapters that layerq_nb itself
+    wraps around linear maps (LoRA-MoE's stacked lora_A / lora_B) are not experts of the model."""
+    out = []
+    for name, module in block.named_modules():
+        owner = type(module)
+        if "expert" not in owner.__name__.lower() and not owner.__module__.startswith("transformers."):
+            continue
+        out += [(f"{name}.{n}".lstrip("."), tuple(p.shape)) for n, p in module.named_parameters(recurse=False)
+                if p.dim() >= 3]
+    return out
+
+
 def layers(model) -> list[Layer]:
     """The decoder blocks of `model` in order, each with its linear maps (nn.Linear or GPT-2's Conv1D).
 
@@ -507,7 +521,7 @@ def layers(model) -> list[Layer]:
     kinds = _linear_types()
     out = []
     for i, block in enumerate(blocks):
-        fused = [(n, tuple(p.shape)) for n, p in block.named_parameters() if p.dim() >= 3]
+        fused = _fused_experts(block)
         if fused:
             raise ValueError(f"{_family(model)} block {i} holds fused expert tensors ({fused[0][0]} of shape "
                              f"{fused[0][1]}): layerq_nb scores and prunes linear maps one matrix at a time, so "

@@ -109,6 +109,11 @@ def test_a_model_without_a_block_list_is_refused():
 
 
 def test_fused_expert_tensors_are_refused():
+    from transformers import MixtralConfig, MixtralForCausalLM
+    mixtral = MixtralForCausalLM(MixtralConfig(**LLAMA_LIKE, num_local_experts=4, num_experts_per_tok=2))
+    with pytest.raises(ValueError, match="fused expert tensors .*experts.gate_up_proj"):
+        layers(mixtral)
+
     class Experts(torch.nn.Module):
         def __init__(self):
             super().__init__()
