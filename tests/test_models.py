@@ -44,11 +44,12 @@ def test_gpt2_conv1d_modules_are_found():
     assert sorted(found[0].linears) == ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
 
 
-def test_unsupported_family_names_the_fix():
+def test_a_family_without_a_table_entry_is_found_generically():
     model = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=16, intermediate_size=32,
                                              num_hidden_layers=1, num_attention_heads=2))
-    with pytest.raises(ValueError, match="gpt_neox.*not supported.*llama, mistral, qwen2, gpt2"):
-        layers(model)
+    found = layers(model)
+    assert [layer.name for layer in found] == ["gpt_neox.layers.0"]
+    assert "attention.query_key_value" in found[0].linears
 
 
 def test_unknown_short_name():
