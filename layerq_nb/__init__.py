@@ -24,6 +24,8 @@ _LAZY = {
     # applications
     "pruned": "pruning", "sparsity_map": "pruning", "lora_rank_pattern": "adapt", "apply_lora_moe": "adapt",
     "finetune": "adapt",
+    # artefacts users keep (transformers / peft load them back)
+    "save_pruned": "artefacts", "save_adapter": "artefacts", "save_scores": "artefacts", "load_scores": "artefacts",
 }
 
 __all__ = [
@@ -33,6 +35,7 @@ __all__ = [
     "score", "newton_step", "layer_gradients", "LayerScores", # scoring (torch, lazy; LayerScores numpy)
     "layer_influence", "layer_shapley", "cornerstone", "skipped",  # layer quality (torch, lazy)
     "pruned", "sparsity_map", "lora_rank_pattern", "apply_lora_moe", "finetune",  # applications
+    "save_pruned", "save_adapter", "save_scores", "load_scores",                  # artefacts
 ]
 
 
