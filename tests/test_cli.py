@@ -101,10 +101,11 @@ def test_allocate_on_the_tiny_model(capsys):
     assert "budget 3,072 LoRA parameters over 3 layers" in out and out.count("validation loss") == 2
 
 
-def test_course_commands_are_part_of_layerq(capsys):
+def test_course_commands_are_part_of_layerq(capsys, tmp_path):
     from layerq_nb.cli import main
-    assert main(["course", "build", "unused-folder", "--notebooks", "99"]) == 2
-    assert "no tutorial 99" in capsys.readouterr().err           # refused before anything is written
+    assert main(["course", "build", str(tmp_path / "out"), "--notebooks", "99"]) == 2
+    assert "no tutorial 99" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()                       # refused before anything is written
     with pytest.raises(SystemExit):
         main(["course", "--help"])
     assert "build|grade|render" in capsys.readouterr().out

@@ -217,13 +217,14 @@ def build(out, *, notebooks=None, wheel: bool = True, tutorials: Path | None = N
     """Write the instructor and student editions of the tutorials (all, or those numbered in
     `notebooks`) into `out`; see the module docstring for the layout. Rebuilding replaces both."""
     out = Path(out)
+    paths = tutorial_paths(notebooks, folder=tutorials)     # a wrong number is refused before anything is written
     instructor, student = out / "instructor", out / "student"
     for folder in (instructor, student):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
     write_config(instructor, cell_timeout=cell_timeout)
     points, assignments = {}, []
-    for path in tutorial_paths(notebooks, folder=tutorials):
+    for path in paths:
         tutorial = json.loads(path.read_text(encoding="utf-8"))
         nb, table = instructor_notebook(tutorial)
         if not table:
@@ -232,7 +233,7 @@ def build(out, *, notebooks=None, wheel: bool = True, tutorials: Path | None = N
         points[path.stem] = table
         _write(instructor / "source" / path.stem / path.name, nb)
     nbgrader(instructor, "generate_assignment", "*", "--force", "--log-level=WARN")   # all in one process
-    for path in tutorial_paths(notebooks, folder=tutorials):
+    for path in paths:
         if path.stem in assignments:
             released = json.loads((instructor / "release" / path.stem / path.name).read_text(encoding="utf-8"))
             _restore_stubs(released, json.loads(path.read_text(encoding="utf-8")))
