@@ -97,6 +97,8 @@ class Grades:
 def collect(submissions: Path, assignments: list[str]) -> tuple[dict, dict]:
     """{student: {assignment: notebook path}} from ``submissions/<student>/*.ipynb``, and the notes of files
     that match no tutorial."""
+    if not Path(submissions).is_dir():
+        raise ValueError(f"no folder {submissions}: expected {submissions}/<student>/<NN_name>.ipynb")
     found, notes = {}, {}
     for folder in sorted(p for p in Path(submissions).iterdir() if p.is_dir() and not p.name.startswith(".")):
         found[folder.name] = {}
