@@ -87,7 +87,15 @@ def bench(name, model, blocks, batch_size, autocast, with_eigh, repeats=3):
                repeats=repeats, plain_s=best["plain"], grad_pass_s=best["grad"], diag_pass_s=best["diag"],
                kfac_pass_s=best["kfac"], cpus=os.cpu_count(), torch=torch.__version__, machine=platform.machine())
     if with_eigh:
+        # the float64 path first (the reference), then the default (float32 where the spectrum allows)
+        gradients = grads[0][0][0].state        # summed over the repeats: a common scale, ratios unchanged
+        t64, eig = timed(lambda: {key: curv.symmetric_eigen(v, torch.float64) for key, v in factors.state.items()}, device)
+        zeta64 = zeta2_per_layer(eig, factors.a_owner, gradients)
+        del eig
         t_eigh, eig = timed(lambda: {key: curv.symmetric_eigen(v) for key, v in factors.state.items()}, device)
+        zeta = zeta2_per_layer(eig, factors.a_owner, gradients)
+        row.update(eigh_float64_s=t64, eigh_float32_kept=sum(curv.float32_is_enough(e) for e, _ in eig.values()),
+                   eigh_factors=len(eig), zeta2_max_rel_diff=max(abs(zeta[k] - zeta64[k]) / abs(zeta64[k]) for k in zeta64))
         bases = {k: (eig[("A", *owner)][1], eig[("G", *k)][1]) for k, owner in factors.a_owner.items()}
         for _ in range(repeats):
             keep("ekfac", lambda: run_tape(model, blocks, [EKFACCorrection(bases)], labels="sampled",
@@ -99,6 +107,20 @@ def bench(name, model, blocks, batch_size, autocast, with_eigh, repeats=3):
     if with_eigh:   # EK-FAC adds the correction pass (sampled labels, activation gradients only)
         row["ratio_ekfac"] = (best["kfac"] + best["ekfac"]) / best["plain"]
     return row
+
+
+def zeta2_per_layer(eig, a_owner, gradients, damping=0.1):
+    """K-FAC zeta_k^2 per layer from factor eigendecompositions, relative damping: to compare precisions."""
+    out: dict = {}
+    for k, owner in a_owner.items():
+        alpha, q_a = eig[("A", *owner)]
+        gamma, q_g = eig[("G", *k)]
+        grid = torch.outer(gamma, alpha)
+        solve = curv.ModuleSolve(eig=grid, lam=curv.damping_level(damping, "relative", float(grid.double().mean())),
+                                 q_a=q_a, q_g=q_g)
+        g = gradients[k]
+        out[k[0]] = out.get(k[0], 0.0) + float((g.double() * solve.solve(g).double()).sum())
+    return out
 
 
 def kronfluence_fit(model, blocks, batch_size, repeats=3):
@@ -181,14 +203,17 @@ def kronfluence_table(rows):
 
 def table(rows):
     lines = ["| model | device | bf16 | tokens | plain fwd+bwd | gradients | gradients + diag | gradients + K-FAC | "
-             "gradients + EK-FAC | eigh (fixed) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "gradients + EK-FAC | eigh float64 | eigh (default) | float32 kept | max rel. diff of zeta^2 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ek = f"{r['ratio_ekfac']:.2f}x" if "ratio_ekfac" in r else "-"
-        eigh = f"{r['eigh_s']:.1f} s" if "eigh_s" in r else "-"
+        eigh64 = f"{r['eigh_float64_s']:.1f} s ({r['eigh_float64_s'] / r['plain_s']:.2f}x)" if "eigh_float64_s" in r else "-"
+        eigh = f"{r['eigh_s']:.1f} s ({r['eigh_s'] / r['plain_s']:.2f}x)" if "eigh_s" in r else "-"
+        kept = f"{r['eigh_float32_kept']}/{r['eigh_factors']}" if "eigh_factors" in r else "-"
+        diff = f"{r['zeta2_max_rel_diff']:.1e}" if "zeta2_max_rel_diff" in r else "-"
         lines.append(f"| {r['model']} | {r['device']} | {'yes' if r['autocast_bf16'] else 'no'} | {r['tokens']} | "
                      f"{r['plain_s']:.2f} s | {r['ratio_grad']:.2f}x | {r['ratio_diag']:.2f}x | {r['ratio_kfac']:.2f}x | "
-                     f"{ek} | {eigh} |")
+                     f"{ek} | {eigh64} | {eigh} | {kept} | {diff} |")
     return "\n".join(lines)
 
 
