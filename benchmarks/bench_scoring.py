@@ -226,6 +226,7 @@ def main():
     parser.add_argument("--bf16", action="store_true", help="also time with bf16 autocast")
     parser.add_argument("--repeats", type=int, default=3, help="timings per pass; the fastest is kept")
     parser.add_argument("--no-kronfluence", action="store_true", help="skip kronfluence even when installed")
+    parser.add_argument("--out", default=None, help="JSON lines file (default: results/scoring_<shapes>.jsonl)")
     args = parser.parse_args()
     model, tok = load_model("smollm2-135m")
     blocks = load_task("prose", tok, split="train", n_blocks=args.blocks, block_size=args.block_size)
@@ -247,7 +248,7 @@ def main():
                               repeats=args.repeats))
             print(table(rows[-1:]), flush=True)
             del qwen
-    out = Path(__file__).parent / "results" / f"scoring_{'_'.join(args.shapes)}.jsonl"
+    out = Path(args.out) if args.out else Path(__file__).parent / "results" / f"scoring_{'_'.join(args.shapes)}.jsonl"
     out.parent.mkdir(exist_ok=True)
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(table(rows))
