@@ -23,6 +23,7 @@ from layerq_nb.influence import layer_influence
 
 def main():
     parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="smollm2-135m", help="short name (tiny-llama: a smoke run)")
     parser.add_argument("--tasks", nargs="+", default=["arithmetic", "code"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=20)
@@ -36,7 +37,7 @@ def main():
         Path(__file__).parent / "results" / f"allocation_{'_'.join(args.tasks)}_{args.steps}steps.jsonl")
     rows = []
     for task in args.tasks:
-        model, tok = load_model("smollm2-135m")
+        model, tok = load_model(args.model)
         train = load_task(task, tok, split="train", n_blocks=64, block_size=args.block_size)
         val = load_task(task, tok, split="validation", n_blocks=8, block_size=args.block_size)
         probe = train.subset(range(8))

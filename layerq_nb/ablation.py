@@ -107,7 +107,7 @@ def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np
                          f"got shape {raw.shape}")
     if not (isinstance(max_rows, (int, np.integer)) and max_rows >= 1):
         raise ValueError(f"max_rows must be a whole number >= 1, got {max_rows!r}")
-    coalitions = torch.as_tensor(raw.astype(bool))
+    coalitions = torch.as_tensor(raw.astype(bool))   # cpu on purpose: rows are sliced here, moved in _row_masks
     device = next(model.parameters()).device
     n_blocks = len(blocks)
     ids, mask, labels = blocks.input_ids.to(device), blocks.attention_mask.to(device), blocks.labels.to(device)

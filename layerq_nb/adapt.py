@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from . import mdl
 from .data import IGNORE, Blocks
+from .device import dtype_policy
 from .evaluate import token_nll
 from .models import layers as find_layers
 from .models import weight_matrix
@@ -195,7 +196,7 @@ class LoRAMoELinear(nn.Module):
         for a in self.lora_A:                   # as peft: Kaiming-uniform A, zero B (the adapter starts at 0)
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))
         self.router = nn.Linear(d_in, self.experts, bias=False, dtype=ref.dtype, device=ref.device) if self.experts > 1 else None
-        self.aux_loss = torch.zeros(())
+        self.aux_loss = torch.zeros((), device=ref.device)
 
     def routing(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(weights over experts, zero outside each token's top-k and renormalised; router probabilities)."""
@@ -227,7 +228,7 @@ class LoRAMoE:
 
     def aux_loss(self) -> torch.Tensor:
         losses = [m.aux_loss for _, _, m in self.wrapped.values() if m.router is not None]
-        return torch.stack(losses).mean() if losses else torch.zeros(())
+        return torch.stack(losses).mean() if losses else torch.zeros((), device=next(self.model.parameters()).device)
 
     @property
     def parameters(self) -> int:
@@ -349,22 +350,24 @@ def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: floa
     if not params:
         raise ValueError("no trainable parameters: apply peft (get_peft_model) or apply_lora_moe first")
     device = next(model.parameters()).device
+    # bf16 autocast where the GPU has it; fp16 training would need a GradScaler, so T4s train in fp32
+    half = torch.bfloat16 if dtype_policy(device).autocast is torch.bfloat16 else None
     # transactional: if anything fails or is interrupted, the trained parameters, their gradients and
     # the train/eval mode of every module come back as they were
     saved = [(p, p.detach().clone(), p.grad) for p in params]
     modes = [(m, m.training) for m in model.modules()]
     try:
         torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)   # cpu on purpose: batch indices, the same draws on any device
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
         before = mean_loss(model, validation, batch_size, progress=False)
         start, losses = time.perf_counter(), []
         model.train()
         try:
             for _ in tqdm(range(steps), desc="fine-tuning", unit="step", disable=not progress, leave=False):
-                idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()
+                idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()  # cpu on purpose: indices
                 batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=half is not None):
                     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 targets = batch["labels"][:, 1:]
                 loss = token_nll(logits[:, :-1], targets).sum() / (targets != IGNORE).sum().clamp(min=1)

@@ -67,7 +67,7 @@ class Blocks:
         return int((self.labels[:, 1:] != IGNORE).sum())
 
     def subset(self, index) -> "Blocks":
-        index = torch.as_tensor(index, dtype=torch.long)
+        index = torch.as_tensor(index, dtype=torch.long)   # cpu on purpose: blocks live on the CPU, batches move
         return Blocks(self.input_ids[index], self.labels[index], self.attention_mask[index], self.task, self.split)
 
     def batches(self, batch_size: int) -> Iterator[dict]:
@@ -265,8 +265,9 @@ def load_task(name: str, tokenizer, split: str = "train", n_blocks: int | None =
         raise ValueError(f"task {name!r} split {split!r} has text for only {available} blocks of {block_size} tokens; "
                          f"ask for n_blocks <= {available} or a smaller block_size")
     n = available if n_blocks is None else n_blocks
+    # cpu on purpose: blocks are data on the CPU; each pass moves its batch to the model's device
     input_ids = torch.tensor(ids[: n * block_size], dtype=torch.long).view(n, block_size)
-    mask = torch.tensor(trained[: n * block_size], dtype=torch.bool).view(n, block_size)
+    mask = torch.tensor(trained[: n * block_size], dtype=torch.bool).view(n, block_size)   # cpu on purpose: as above
     labels = input_ids.masked_fill(~mask, IGNORE)
     return Blocks(input_ids=input_ids, labels=labels, attention_mask=torch.ones_like(input_ids),
                   task=name, split=split)

@@ -42,47 +42,14 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-
-
-def _mps_available() -> bool:
-    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+from .device import DEVICES  # noqa: E402  (re-exported: one device setting, resolved in device.py)
+from .device import mps_available as _mps_available  # noqa: E402
 
 
 def pick_device(device: str = "auto") -> torch.device:
-    """'auto' (or $LAYERQ_DEVICE when set) -> CUDA, then Apple MPS, then CPU; otherwise cpu, cuda, cuda:N
-    or mps, checked here: a device this machine lacks is a ValueError that names what it has."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        device = os.environ.get("LAYERQ_DEVICE", "auto") or "auto"
-        if device == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda")
-            if _mps_available():
-                return torch.device("mps")
-            return torch.device("cpu")
-    if not isinstance(device, str):
-        raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {device!r}")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"unknown device {device!r}: use one of {', '.join(DEVICES)}") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            why = (f"this torch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None
-                   else f"this torch ({torch.__version__}) sees no CUDA GPU")
-            raise ValueError(f"device {device!r} is not available: {why}. Use cpu (or auto), or install a CUDA build "
-                             "of torch on a machine with an NVIDIA GPU")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device {device!r} is not available: this machine has {torch.cuda.device_count()} "
-                             f"CUDA device(s), cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    elif dev.type == "mps":
-        if not _mps_available():
-            raise ValueError(f"device {device!r} is not available: Apple MPS needs a Mac with Apple silicon. Use cpu or auto")
-    elif dev.type != "cpu":
-        raise ValueError(f"unsupported device {device!r}: use one of {', '.join(DEVICES)}")
-    return dev
+    """'auto' (or $LAYERQ_DEVICE when set) -> CUDA, then Apple MPS, then CPU; see `device.resolve_device`."""
+    from .device import resolve_device
+    return resolve_device(device)
 
 
 def model_source(model) -> str:

@@ -94,7 +94,8 @@ def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float
     keys = [(layer.index, name) for layer in find_layers(model) for name in layer.linears
             if only is None or layer.index in only]
     if curvature == "identity":   # H = I: the mean eigenvalue is 1, so both damping modes give lam = damping
-        solves = {k: curv.ModuleSolve(eig=torch.zeros(()), lam=float(damping)) for k in keys}
+        zero = torch.zeros((), device=next(model.parameters()).device)
+        solves = {k: curv.ModuleSolve(eig=zero, lam=float(damping)) for k in keys}
         return (solves, layer_gradients(model, blocks, batch_size, progress)) if gradients else solves
     if curvature not in ("diag", "kfac", "ekfac"):
         raise ValueError(f"unknown curvature {curvature!r}: use one of {', '.join(curv.CURVATURES)}")

@@ -21,13 +21,13 @@ def learner_mode(monkeypatch):
 def real():
     """(model, tokenizer) of the real SmolLM2-135M-Instruct, from the cache or the shipped GGUF."""
     from layerq_nb import load_model
-    return load_model("smollm2-135m", device="cpu")
+    return load_model("smollm2-135m", device=os.environ.get("LAYERQ_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="session")
 def tiny():
     from layerq_nb import load_model
-    return load_model("tiny-llama", device="cpu")
+    return load_model("tiny-llama", device=os.environ.get("LAYERQ_DEVICE", "cpu"))
 
 
 # ----------------------------------------------------------------------------- browser tests (tests/browser)

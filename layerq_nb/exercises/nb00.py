@@ -1,5 +1,6 @@
 """Checks for notebook 00 (the tour): count the layers, build the next-token loss, normalise gains to q."""
 from __future__ import annotations
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
 import math
 

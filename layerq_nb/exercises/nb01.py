@@ -1,5 +1,6 @@
 """Checks for notebook 01 (gradient isolation): a weight gradient from hooks, per-layer squared norms."""
 from __future__ import annotations
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
 import contextlib
 

@@ -1,5 +1,6 @@
 """Checks for notebook 03 (layer quality: LayerIF, layer Shapley values, cornerstone layers)."""
 from __future__ import annotations
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
 import contextlib
 import math

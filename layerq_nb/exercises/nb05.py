@@ -1,6 +1,7 @@
 """Checks for notebook 05 (pruning): MDL program B's closed form and its solve, the magnitude mask and the
 Wanda mask of one matrix, each run on hidden instances against the package's own implementation."""
 from __future__ import annotations
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
 import numpy as np
 
