@@ -1,7 +1,8 @@
 """Capacity allocation from layer scores: LoRA ranks per layer (through peft's `rank_pattern`) and
-LoRA-MoE expert counts per layer, plus a short, seeded fine-tuning loop (DESIGN.md section 7).
+LoRA-MoE expert counts per layer, plus a short, seeded fine-tuning loop.
+LoRA: Hu et al., arXiv 2106.09685; MoLA expert counts: Gao et al., arXiv 2402.08562.
 
-Ranks: MDL program A (seed 003), max sum_k q_k log(1 + r_k / beta) s.t. sum_k c_k r_k = budget, with
+Ranks: MDL program A (Amaefuna et al., arXiv 2603.00910), max sum_k q_k log(1 + r_k / beta) s.t. sum_k c_k r_k = budget, with
 c_k = sum over layer k's target modules of (d_in + d_out), the LoRA parameters one rank unit costs,
 integer ranks >= `min_rank` (greedy by marginal gain per cost; see `mdl.allocate`).
 LoRA-MoE (MoLA / LayerIF style): E_k LoRA experts on each target module of layer k, a softmax

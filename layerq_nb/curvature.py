@@ -1,4 +1,7 @@
-"""Damped curvature blocks H~_kk and their solves, one strategy per name (DESIGN.md section 4).
+"""Damped curvature blocks H~_kk and their solves, one strategy per name
+(K-FAC: Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
+arXiv 1503.05671; EK-FAC: George et al., "Fast Approximate Natural Gradient Descent in a Kronecker-factored
+Eigenbasis", arXiv 1806.03884).
 
 Every strategy returns, per linear module (or per layer for "exact"), an object with `solve(g)`
 computing (H + lambda I)^-1 g and the damping `lam` it used. Damping: `"absolute"` adds lambda I;

