@@ -43,6 +43,23 @@ def test_tutorial_shape(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_the_device_comes_from_one_setting(path):
+    """LAYERQ_DEVICE, read once in the parameters cell, places every model; only a cell that first asks
+    whether CUDA is there may name it."""
+    cells = _cells(path)
+    params = "".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
+    assert 'DEVICE = os.environ.get("LAYERQ_DEVICE"' in params
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] != "code" or "torch.cuda.is_available()" in source:
+            continue
+        for call in re.findall(r"load_model\([^)]*\)", source):
+            assert "device=DEVICE" in call, f"{path.name}: {call} does not use the DEVICE setting"
+        assert not re.search(r"""device\s*=\s*["'](cpu|cuda|mps)""", source), f"{path.name}: a hard-coded device"
+        assert not re.search(r"""\.to\(\s*["'](cpu|cuda|mps)""", source), f"{path.name}: a hard-coded .to(device)"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_exercises_are_checked_once_each(path):
     from layerq_nb import exercises as ex
     code = _text(_cells(path), "code")
