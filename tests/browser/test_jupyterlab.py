@@ -3,12 +3,6 @@ in chromium. Checks each view renders inside an output area, that clicking and s
 is drawn (and reach the kernel), and that no widget failed to load and no console error appeared."""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import nbformat
 import pytest
@@ -44,39 +38,14 @@ PRUNING_CELLS = [
 TOKEN = "layerq-test"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, start_lab):
     root = tmp_path_factory.mktemp("lab")
     for name, cells in (("views.ipynb", CELLS), ("pruning.ipynb", PRUNING_CELLS)):
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         nbformat.write(nb, root / name)
-    port = _free_port()
-    log = open(root / "server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-         "--LabApp.news_url=", "--allow-root", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.terminate()
-        pytest.fail("jupyter lab did not start: " + (root / "server.log").read_text()[-2000:])
-    yield url, root
-    server.terminate()
-    server.wait(timeout=20)
+    yield start_lab(root, root / "server.log", token=TOKEN), root
 
 
 def _type_into_slider(page, description: str, value: str):

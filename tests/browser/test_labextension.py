@@ -6,11 +6,6 @@ syllabus; the health panel lists its checks; and no console error appears on the
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,12 +19,6 @@ from layerq_nb.ui._assets import tutorial
 
 expect.set_options(timeout=30_000)
 TOKEN = "layerq-ext-test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_pip_install_put_both_halves_of_the_extension_in_place():
@@ -50,28 +39,9 @@ def test_pip_install_put_both_halves_of_the_extension_in_place():
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+def lab(tmp_path_factory, start_lab):
     root = tmp_path_factory.mktemp("lab-ext")
-    port = _free_port()
-    log = open(root.parent / f"{root.name}-server.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.ip=127.0.0.1",
-         f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
-         "--LabApp.news_url=", "--allow-root", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "JUPYTER_PLATFORM_DIRS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/api/status?token={TOKEN}", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        server.terminate()
-        pytest.fail("jupyter lab did not start: " + open(log.name).read()[-2000:])
-    yield url, root
-    server.terminate()
-    server.wait(timeout=20)
+    yield start_lab(root, root.parent / f"{root.name}-server.log", token=TOKEN), root
 
 
 def _post(url: str, endpoint: str, body: dict) -> tuple[int, dict]:
