@@ -44,22 +44,26 @@ def mps_available() -> bool:
 def resolve_device(spec: str | torch.device | None = None) -> torch.device:
     """None or 'auto' -> $LAYERQ_DEVICE when set, else CUDA, then MPS, then CPU; 'cpu', 'cuda', 'cuda:N'
     and 'mps' are checked: a device this machine lacks is a ValueError that names what it has."""
-    if isinstance(spec, torch.device):
-        spec = str(spec)
-    if spec is None or spec == "auto":
-        spec = os.environ.get(ENV, "auto").strip() or "auto"
-        if spec == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda")
-            if mps_available():
-                return torch.device("mps")
-            return torch.device("cpu")
-    if not isinstance(spec, str):
-        raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {spec!r}")
-    try:
-        dev = torch.device(spec)
-    except (RuntimeError, ValueError, TypeError):
-        raise ValueError(f"unknown device {spec!r} (from the argument or ${ENV}): use one of {', '.join(DEVICES)}") from None
+    if isinstance(spec, torch.device):          # already parsed: only its availability is checked below
+        dev, spec = spec, str(spec)
+    else:
+        if spec is None or spec == "auto":
+            spec = os.environ.get(ENV, "auto").strip() or "auto"
+            if spec == "auto":
+                if torch.cuda.is_available():
+                    return torch.device("cuda")
+                if mps_available():
+                    return torch.device("mps")
+                return torch.device("cpu")
+        if not isinstance(spec, str):
+            raise ValueError(f"device must be a string such as 'cpu' or 'cuda', got {spec!r}")
+        try:
+            dev = torch.device(spec)
+        except (RuntimeError, ValueError, TypeError) as err:
+            if isinstance(err, torch.OutOfMemoryError):     # a real fault, not a misspelt device
+                raise
+            raise ValueError(f"unknown device {spec!r} (from the argument or ${ENV}): use one of "
+                             f"{', '.join(DEVICES)}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             why = (f"this torch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None
