@@ -543,7 +543,7 @@ def _integer_greedy(problem: AllocationProblem) -> Solution:
     nu = 0.0
     while heap:
         g, i = heapq.heappop(heap)
-        if c[i] > left + 1e-9 * max(1.0, abs(B)):
+        if c[i] > left + 1e-9 * B:         # relative: at B = 3e-300 an absolute 1e-9 lets every unit fit, forever
             continue                       # this unit no longer fits; cheaper ones may
         r[i] += 1
         left -= c[i]

@@ -822,6 +822,14 @@ def test_allocate_at_any_scale_is_certified_or_refused(q, cost_exp, budget_exp, 
     mdl.verify(sol)
 
 
+def test_whole_units_at_a_tiny_scale_end():
+    """Found by the test above on a fresh CI clone: with an absolute tolerance, units of 1e-300 always
+    "fit" and the integer greedy never stopped."""
+    sol = mdl.allocate([0.5, 0.5], 3e-300, cost=1e-300, beta=1.0, integer=True)
+    assert sol.x.sum() == 3
+    mdl.verify(sol)
+
+
 @settings(max_examples=100, deadline=None)
 @given(q=st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=6), size_exp=st.integers(-300, 300),
        sparsity=st.one_of(st.floats(0.0, 0.98), st.sampled_from([1e-300, 1e-30, 1e-12])),
