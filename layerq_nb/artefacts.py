@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .scores import LayerScores, _plain, _write_text
+from .scores import LayerScores, _plain
 
 __all__ = ["PRUNE_RECORD", "ALLOCATION_RECORD", "model_identity", "check_folder", "save_pruned", "load_record",
            "save_adapter", "save_scores", "load_scores", "check_scores"]
@@ -143,9 +143,7 @@ def save_scores(scores: LayerScores, model, path) -> Path:
     """The scores as JSON, with the identity of `model` in their metadata (see `load_scores`)."""
     stamped = LayerScores(method=scores.method, values=scores.values, names=scores.names,
                           metadata={**scores.metadata, "identity": model_identity(model)})
-    path = Path(path).expanduser()
-    _write_text(path, stamped.to_json())
-    return path
+    return stamped.save(Path(path).expanduser())
 
 
 def check_scores(scores: LayerScores, model, source: str = "the scores") -> LayerScores:

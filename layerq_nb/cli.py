@@ -321,17 +321,6 @@ def _check_allocate(args):
 
 # ----------------------------------------------------------------------------- commands
 
-def _weights_crc(model) -> str:
-    """CRC-32 of every parameter's bytes: equal before and after means bit-identical weights."""
-    import zlib
-
-    import torch
-    crc = 0
-    for p in model.parameters():
-        crc = zlib.crc32(p.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy(), crc)
-    return f"{crc:08x}"
-
-
 def _demo_pipeline(args, steps) -> dict:
     """Every number `layerq demo` shows, as plain data (the text and --json views render this). Each
     step calls the package's own functions; `steps` is the progress bar advanced after each."""
@@ -342,7 +331,7 @@ def _demo_pipeline(args, steps) -> dict:
     from .data import load_task
     from .evaluate import generate, perplexity
     from .models import layers, load_model, model_source
-    from .pruning import layer_sizes, pruned, sparsity_map
+    from .pruning import layer_sizes, pruned, sparsity_map, weight_fingerprint
     from .scoring import score
 
     out: dict = {}
@@ -412,7 +401,7 @@ def _demo_pipeline(args, steps) -> dict:
     sizes = layer_sizes(model)
     maps = {"uniform": sparsity_map("uniform", args.sparsity, sizes),
             "mdl": sparsity_map("mdl", args.sparsity, sizes, scores[p_task], band=args.band)}
-    before = _weights_crc(model)
+    before = weight_fingerprint(model)
     dense = next((r["perplexity"] for r in rows if r["task"] == p_task), None)
     if dense is None:
         dense = perplexity(model, evaluation, batch_size=args.batch_size)
@@ -425,7 +414,7 @@ def _demo_pipeline(args, steps) -> dict:
                           calibration=dict(task=p_task, split="train", blocks=args.score_blocks,
                                            block_size=args.block_size),
                           map=maps["mdl"].tolist(), dense=dense, uniform=pruned_ppl["uniform"], mdl=pruned_ppl["mdl"],
-                          achieved=achieved, weights_restored=_weights_crc(model) == before)
+                          achieved=achieved, weights_restored=weight_fingerprint(model) == before)
     done("pruning", t0)
 
     if args.question:

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .device import DEVICES, resolve_device  # DEVICES re-exported: one device setting, resolved in device.py
+
 __all__ = ["SHORT_NAMES", "Layer", "load_model", "layers", "weight_matrix", "model_source", "cache_dir", "pick_device",
            "CacheError", "check_cache", "cached_folder", "DEVICES"]
 
@@ -42,13 +44,8 @@ def cache_dir() -> Path:
     return Path(root)
 
 
-from .device import DEVICES  # noqa: E402  (re-exported: one device setting, resolved in device.py)
-from .device import mps_available as _mps_available  # noqa: E402
-
-
 def pick_device(device: str = "auto") -> torch.device:
     """'auto' (or $LAYERQ_DEVICE when set) -> CUDA, then Apple MPS, then CPU; see `device.resolve_device`."""
-    from .device import resolve_device
     return resolve_device(device)
 
 

@@ -34,7 +34,7 @@ from .models import weight_matrix, weights_restored
 from .scores import LayerScores
 
 __all__ = ["MAPS", "METHODS", "SPECS", "sparsity_map", "magnitude_mask", "wanda_mask", "sparsegpt", "pruned",
-           "PruneReport", "layer_sizes", "map_functions", "prune_sweep", "plot_sweep"]
+           "weight_fingerprint", "PruneReport", "layer_sizes", "map_functions", "prune_sweep", "plot_sweep"]
 
 MAPS = ("uniform", "owl", "alphapruning", "layerif", "mdl")
 MAX_SPARSITY = 0.99      # the per-layer ceiling of every map (a layer needs some weights left)
@@ -347,6 +347,16 @@ def _apply(model, blocks, per_layer, method, n_m, batch_size, progress):
 
 def _out(output):
     return output[0] if isinstance(output, tuple) else output
+
+
+def weight_fingerprint(model) -> str:
+    """A blake2b digest of the bytes of every parameter: equal digests before and after `pruned`, bit-identical
+    weights."""
+    import hashlib
+    digest = hashlib.blake2b(digest_size=16)
+    for param in model.parameters():
+        digest.update(param.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -65,16 +65,16 @@ def test_demo_runs_the_pipeline_on_the_real_model(capsys, real):
 def test_the_demo_checksum_sees_one_changed_weight(tiny):
     import torch
 
-    from layerq_nb.cli import _weights_crc
+    from layerq_nb.pruning import weight_fingerprint
     model, _ = tiny
-    before = _weights_crc(model)
+    before = weight_fingerprint(model)
     weight = next(model.parameters())
     with torch.no_grad():
         old = weight.view(-1)[0].item()
         weight.view(-1)[0] = old + 1e-3
-        changed = _weights_crc(model)
+        changed = weight_fingerprint(model)
         weight.view(-1)[0] = old
-    assert changed != before and _weights_crc(model) == before
+    assert changed != before and weight_fingerprint(model) == before
 
 
 @pytest.mark.real_model

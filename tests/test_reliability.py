@@ -29,7 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import layerq_nb
-from layerq_nb import ablation, adapt, cli, curvature, mdl, models, pruning, scoring
+from layerq_nb import ablation, adapt, cli, curvature, device, mdl, models, pruning, scoring
 from layerq_nb.data import Blocks, load_task
 from layerq_nb.scores import LayerScores
 
@@ -142,7 +142,7 @@ MATRIX = [
     ("device cuda:99", lambda m, t, b, p: layerq_nb.load_model("tiny-llama", device="cuda:99"), ValueError, "not available"),
     ("device cuda on CPU", lambda m, t, b, p: layerq_nb.load_model("tiny-llama", device="cpu" if CUDA else "cuda"),
      None if CUDA else ValueError, "CPU-only build|sees no CUDA GPU"),
-    ("device mps", lambda m, t, b, p: models.pick_device("mps") if not models._mps_available() else models.pick_device("xpu"),
+    ("device mps", lambda m, t, b, p: models.pick_device("mps") if not device.mps_available() else models.pick_device("xpu"),
      ValueError, "not available|unsupported device"),
     ("unknown model", lambda m, t, b, p: layerq_nb.load_model("smollm-9000"), ValueError, "unknown model 'smollm-9000'"),
     ("integer dtype", lambda m, t, b, p: layerq_nb.load_model("tiny-llama", dtype=torch.int64), ValueError, "floating torch dtype"),

@@ -17,7 +17,7 @@ __all__ = [
     "DampingSweep", "damping_sweep", "AllocationSteps", "allocation_steps", "RegretCurve", "regret_curve",
     "Convergence", "shapley_convergence", "band_bounds", "kkt_residual", "PruningProgram", "pruning_program",
     "SparsityMaps", "sparsity_maps", "LayerInputs", "layer_inputs", "MatrixMask", "matrix_mask",
-    "PruneEvaluation", "prune_evaluation", "weight_fingerprint", "map_kind",
+    "PruneEvaluation", "prune_evaluation", "map_kind",
 ]
 
 DAMPINGS = tuple(float(d) for d in np.logspace(-3, 1, 17))   # relative damping grid of the slider
@@ -580,20 +580,6 @@ def matrix_mask(weight, method: str, sparsity: float, inputs: LayerInputs | None
 
 # ----------------------------------------------------------------------------- pruning: perplexity
 
-def weight_fingerprint(model) -> str:
-    """A blake2b digest of the bytes of every decoder linear weight: equal digests, bit-identical weights."""
-    import hashlib
-
-    import torch
-
-    from ..models import layers as find_layers
-    digest = hashlib.blake2b(digest_size=16)
-    for layer in find_layers(model):
-        for module in layer.linears.values():
-            digest.update(module.weight.detach().cpu().contiguous().view(torch.uint8).numpy())
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class PruneEvaluation:
     """Held-out perplexity of the dense model and of the model pruned inside `pruned()`, and the proof
@@ -633,7 +619,7 @@ def prune_evaluation(model, calibration, evaluation, per_layer, method: str, den
     import time
 
     from ..evaluate import perplexity
-    from ..pruning import pruned
+    from ..pruning import pruned, weight_fingerprint
 
     def stage(i, text):
         if on_stage is not None:

@@ -48,6 +48,13 @@ def lab(tmp_path_factory, start_lab):
     yield start_lab(root, root / "server.log", token=TOKEN), root
 
 
+def _assert_every_widget_displayed(page, console_errors):
+    body = page.locator("body")
+    expect(body).not_to_contain_text("Error displaying widget")
+    expect(body).not_to_contain_text("Failed to load model class")
+    assert console_errors == [], console_errors
+
+
 def _type_into_slider(page, description: str, value: str):
     """Set an ipywidgets slider the way a person can: type into its editable readout, press Enter."""
     page.locator(".widget-slider", has_text=description).locator(".widget-readout").click()
@@ -96,10 +103,7 @@ def test_views_render_and_react_in_jupyterlab(lab, page, console_errors, tmp_pat
     expect(heat_title).to_contain_text("80.0% pruned")
     page.screenshot(path=str(tmp_path / "lab-after.png"), full_page=True)
 
-    body = page.locator("body")
-    expect(body).not_to_contain_text("Error displaying widget")
-    expect(body).not_to_contain_text("Failed to load model class")
-    assert console_errors == [], console_errors
+    _assert_every_widget_displayed(page, console_errors)
 
 
 def test_pruning_stepper_steps_through_in_jupyterlab(lab, page, console_errors, tmp_path):
@@ -145,7 +149,4 @@ def test_pruning_stepper_steps_through_in_jupyterlab(lab, page, console_errors, 
     expect(stepper).to_contain_text("weights restored")
     page.screenshot(path=str(tmp_path / "pruning-4.png"), full_page=True)
 
-    body = page.locator("body")
-    expect(body).not_to_contain_text("Error displaying widget")
-    expect(body).not_to_contain_text("Failed to load model class")
-    assert console_errors == [], console_errors
+    _assert_every_widget_displayed(page, console_errors)
