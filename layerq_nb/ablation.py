@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from . import shapley
 from .data import IGNORE, Blocks
 from .evaluate import token_nll
-from .models import block_input
+from .models import block_input, model_facts
 from .models import layers as find_layers
 from .scores import LayerScores
 
@@ -169,7 +169,7 @@ def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int
     names = tuple(found[p].name for p in players)
     meta = dict(task=blocks.task, blocks=len(blocks), tokens=blocks.n_targets, method=method, cap=cap,
                 evaluations=est.evaluations, stderr=est.stderr.tolist(), v_full=est.v_full, v_empty=est.v_empty,
-                model=getattr(model, "layerq_name", None))
+                model=model_facts(model).name)
     return est, LayerScores(method=f"shapley[{method}]", values=est.values, names=names, metadata=meta)
 
 

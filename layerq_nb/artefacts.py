@@ -33,10 +33,10 @@ _RECORDS = (PRUNE_RECORD, ALLOCATION_RECORD)
 
 def model_identity(model) -> dict:
     """What makes scores belong to a model: its family, depth, width, parameter count and layer names."""
-    from .models import layers
+    from .models import layers, model_facts
     found = layers(model)
     config = getattr(model, "config", None)
-    return dict(model=str(getattr(model, "layerq_name", None) or getattr(config, "_name_or_path", "") or "?"),
+    return dict(model=str(model_facts(model).name or "?"),
                 model_type=getattr(config, "model_type", type(model).__name__),
                 layers=len(found), hidden_size=getattr(config, "hidden_size", None),
                 parameters=int(sum(p.numel() for p in model.parameters())),

@@ -330,7 +330,7 @@ def _demo_pipeline(args, steps) -> dict:
     from .adapt import lora_rank_pattern, rank_caps, rank_costs
     from .data import load_task
     from .evaluate import generate, perplexity
-    from .models import layers, load_model, model_source
+    from .models import layers, load_model, model_facts
     from .pruning import layer_sizes, pruned, sparsity_map, weight_fingerprint
     from .scoring import score
 
@@ -346,11 +346,10 @@ def _demo_pipeline(args, steps) -> dict:
     t0 = time.perf_counter()
     step("loading the model")
     model, tokenizer = load_model(args.model, device=args.device)
-    found = layers(model)
-    cfg = model.config
-    out["model"] = dict(name=args.model, family=cfg.model_type, layers=len(found), hidden=cfg.hidden_size,
-                        parameters=sum(p.numel() for p in model.parameters()), source=model_source(model),
-                        device=str(next(model.parameters()).device), load_seconds=round(model.layerq_load_seconds, 1),
+    found, facts = layers(model), model_facts(model)
+    out["model"] = dict(name=args.model, family=facts.family, layers=len(found), hidden=model.config.hidden_size,
+                        parameters=facts.parameters, source=facts.source, device=facts.device,
+                        load_seconds=round(facts.load_seconds, 1),
                         linear_maps=list(found[0].linears), layer_weights=found[0].n_params)
     done("model", t0)
 

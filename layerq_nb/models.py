@@ -16,7 +16,7 @@ import struct
 import time
 import uuid
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -24,8 +24,8 @@ from torch import nn
 
 from .device import DEVICES, resolve_device  # DEVICES re-exported: one device setting, resolved in device.py
 
-__all__ = ["SHORT_NAMES", "Layer", "load_model", "layers", "weight_matrix", "model_source", "cache_dir", "pick_device",
-           "CacheError", "check_cache", "cached_folder", "DEVICES"]
+__all__ = ["SHORT_NAMES", "Layer", "ModelFacts", "model_facts", "load_model", "layers", "weight_matrix", "model_source",
+           "cache_dir", "pick_device", "CacheError", "check_cache", "cached_folder", "DEVICES"]
 
 SHORT_NAMES = {
     "smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -49,9 +49,52 @@ def pick_device(device: str = "auto") -> torch.device:
     return resolve_device(device)
 
 
-def model_source(model) -> str:
+NOT_LOADED = "unknown (not loaded by layerq_nb.load_model)"
+_FACTS = "layerq_facts"            # the one attribute load_model sets on a model
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What layerq_nb knows about a model, in one place (read it with `model_facts(model)`).
+
+    name: the name `load_model` was given (otherwise the config's `_name_or_path`, or None);
+    source: where the weights came from (cache, hub, shipped GGUF, local folder, random init);
+    load_seconds: the wall time of `load_model` (None for a model it did not load);
+    family: `config.model_type`; n_layers: decoder blocks (None where `layers` refuses the model);
+    parameters, device, dtype: as the model is now (they follow `.to(...)`), from its first parameter.
+    """
+    name: str | None
+    source: str
+    load_seconds: float | None
+    family: str
+    n_layers: int | None
+    parameters: int
+    device: str
+    dtype: str
+
+
+def model_facts(model: nn.Module) -> ModelFacts:
+    """The model's `ModelFacts`: name, source and load time as `load_model` recorded them, the rest read
+    from the model now; for a model `load_model` did not load, all of them derived from the model."""
+    try:
+        n_layers = len(layers(model))
+    except ValueError:                  # not a decoder layerq_nb can read: a fact, not an error here
+        n_layers = None
+    first = next(model.parameters(), None)
+    config = getattr(model, "config", None)
+    loaded = getattr(model, _FACTS, None)
+    return ModelFacts(
+        name=loaded.name if loaded else (getattr(config, "_name_or_path", None) or None),
+        source=loaded.source if loaded else NOT_LOADED,
+        load_seconds=loaded.load_seconds if loaded else None,
+        family=_family(model), n_layers=n_layers, parameters=int(sum(p.numel() for p in model.parameters())),
+        device=str(first.device) if first is not None else "cpu",
+        dtype=str(first.dtype).removeprefix("torch.") if first is not None else "none")
+
+
+def model_source(model: nn.Module) -> str:
     """Where `load_model` found the weights (cache, hub, shipped GGUF, local folder, random init)."""
-    return getattr(model, "layerq_source", "unknown (not loaded by layerq_nb.load_model)")
+    return model_facts(model).source
 
 
 def _hub_reachable(timeout: float = 2.0) -> bool:
@@ -299,12 +342,13 @@ def _tiny_llama(n_layers: int = 3, seed: int = 0, hidden_size: int = 32, heads: 
     return model, tokenizer
 
 
-def load_model(name: str = "smollm2-135m", device: str = "auto", dtype=None):
+def load_model(name: str | os.PathLike = "smollm2-135m", device: str | torch.device = "auto",
+               dtype: torch.dtype | str | None = None) -> tuple[nn.Module, object]:
     """Load `(model, tokenizer)` in eval mode by short name, hub id or local folder.
 
     Short names: smollm2-135m (default, SmolLM2-135M-Instruct), smollm2-360m, qwen2.5-0.5b; `tiny-llama`
     builds a random 3-layer Llama for tests only. dtype defaults to float32 (statistics accumulate in
-    fp32; use autocast for bf16 speed on GPU). `model.layerq_source` records where the weights came from.
+    fp32; use autocast for bf16 speed on GPU). `model_facts(model)` says where the weights came from.
     """
     dtype = dtype or torch.float32
     if isinstance(dtype, str):
@@ -329,9 +373,9 @@ def load_model(name: str = "smollm2-135m", device: str = "auto", dtype=None):
     else:
         model, tokenizer, source = _resolve(name, dtype)
     model.to(target).eval()
-    model.layerq_source = source
-    model.layerq_name = name
-    model.layerq_load_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    # the facts as loaded; model_facts re-reads the ones that can change (device, dtype, ...) each call
+    setattr(model, _FACTS, replace(model_facts(model), name=name, source=source, load_seconds=seconds))
     return model, tokenizer
 
 

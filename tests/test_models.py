@@ -20,6 +20,29 @@ def test_tiny_llama_is_marked_random_and_has_three_layers(tiny):
     assert tokenizer.decode(tokenizer("héllo wörld")["input_ids"]) == "héllo wörld"   # byte-level round trip
 
 
+def test_model_facts_travel_in_one_frozen_object():
+    import dataclasses
+    model, _ = load_model("tiny-llama", device="cpu")
+    facts = models.model_facts(model)
+    assert (facts.name, facts.family, facts.n_layers, facts.device, facts.dtype) == ("tiny-llama", "llama", 3, "cpu",
+                                                                                     "float32")
+    assert facts.parameters == sum(p.numel() for p in model.parameters()) and facts.load_seconds >= 0
+    assert facts.source == models.model_source(model) and "random" in facts.source
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        facts.name = "other"
+    assert [n for n in vars(model) if n.startswith("layerq")] == ["layerq_facts"]     # one attribute, no loose ones
+    model.to(torch.float64)                       # the facts that can change are read from the model now
+    assert models.model_facts(model).dtype == "float64" and models.model_facts(model).name == "tiny-llama"
+
+
+def test_model_facts_of_a_model_load_model_did_not_load():
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=16, n_layer=2, n_head=2, n_positions=32))
+    facts = models.model_facts(model)
+    assert (facts.name, facts.load_seconds, facts.family, facts.n_layers) == (None, None, "gpt2", 2)
+    assert facts.source.startswith("unknown")
+    assert models.model_facts(torch.nn.Linear(2, 2)).n_layers is None     # not a decoder: a fact, not an error
+
+
 def test_tiny_llama_is_deterministic():
     a, _ = load_model("tiny-llama")
     b, _ = load_model("tiny-llama")
@@ -76,7 +99,7 @@ def test_hub_is_tried_when_reachable(tmp_path, monkeypatch):
     tiny_model, tiny_tok = models._tiny_llama()
     monkeypatch.setattr(models, "_from_folder", lambda folder, dtype: asked.append(folder) or (tiny_model, tiny_tok))
     model, _ = load_model("smollm2-360m")
-    assert asked == ["HuggingFaceTB/SmolLM2-360M-Instruct"] and model.layerq_source.startswith("hub")
+    assert asked == ["HuggingFaceTB/SmolLM2-360M-Instruct"] and models.model_facts(model).source.startswith("hub")
 
 
 def test_local_folder_round_trip(tmp_path, tiny):
@@ -84,7 +107,7 @@ def test_local_folder_round_trip(tmp_path, tiny):
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     again, _ = load_model(str(tmp_path))
-    assert again.layerq_source.startswith("local folder")
+    assert models.model_facts(again).source.startswith("local folder")
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
 
 

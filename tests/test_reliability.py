@@ -505,7 +505,7 @@ def test_cache_round_trip_records_what_it_wrote(tiny_cache):
     manifest = json.loads((folder / models.MANIFEST).read_text())["files"]
     assert manifest["model.safetensors"]["bytes"] == (folder / "model.safetensors").stat().st_size
     again, _ = layerq_nb.load_model("smollm2-360m", device="cpu")
-    assert again.layerq_source.startswith("cache")
+    assert models.model_facts(again).source.startswith("cache")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     assert [p.name for p in folder.parent.iterdir()] == [folder.name]           # no partial folder left
 
