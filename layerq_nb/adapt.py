@@ -12,6 +12,7 @@ router probability), which is 1 under uniform routing and larger when routing is
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -86,20 +87,20 @@ class RankAllocation:
         return int(self.ranks @ self.cost)
 
 
-def rank_costs(model, target_modules=None) -> np.ndarray:
+def rank_costs(model: nn.Module, *, target_modules=None) -> np.ndarray:
     """LoRA parameters one rank unit costs in each layer: sum over its target modules of d_in + d_out."""
     return np.array([sum(sum(weight_matrix(m).shape) for m in mods.values())
                      for mods in _targets(model, target_modules).values()], float)
 
 
-def rank_caps(model, target_modules=None) -> np.ndarray:
+def rank_caps(model: nn.Module, *, target_modules=None) -> np.ndarray:
     """The largest useful LoRA rank per layer: min(d_in, d_out) over its target modules (a B A of higher
     rank than that has no more freedom, only more parameters)."""
     return np.array([min(min(weight_matrix(m).shape) for m in mods.values())
                      for mods in _targets(model, target_modules).values()], int)
 
 
-def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modules=None,
+def lora_rank_pattern(model: nn.Module, scores: LayerScores | str, budget: int, *, target_modules=None,
                       beta: float = 1.0, min_rank: int = 1) -> RankAllocation:
     """Integer ranks per layer with sum_k c_k r_k <= budget (LoRA parameters), each at most
     min(d_in, d_out) of the layer's matrices (`rank_caps`: a budget beyond that is left unspent).
@@ -116,8 +117,8 @@ def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modu
     if isinstance(scores, str) and scores != "uniform":
         raise ValueError(f"scores must be a LayerScores or 'uniform', got {scores!r}")
     targets = _targets(model, target_modules)
-    cost = rank_costs(model, target_modules)
-    caps = rank_caps(model, target_modules)
+    cost = rank_costs(model, target_modules=target_modules)
+    caps = rank_caps(model, target_modules=target_modules)
     if min_rank > caps.min():
         raise ValueError(f"min_rank {min_rank} exceeds the largest useful rank {caps.min()} of layer "
                          f"{int(np.argmin(caps))} (min(d_in, d_out) of its matrices)")
@@ -136,7 +137,7 @@ def lora_rank_pattern(model, scores: LayerScores | str, budget: int, target_modu
                           scores=label, metadata=dict(budget=budget, beta=beta, min_rank=min_rank, caps=caps.tolist()))
 
 
-def lora_config(allocation: RankAllocation, alpha_ratio: float = 2.0, dropout: float = 0.05, **kwargs):
+def lora_config(allocation: RankAllocation, *, alpha_ratio: float = 2.0, dropout: float = 0.05, **kwargs):
     """A peft LoraConfig that applies the allocation: rank_pattern and alpha_pattern per module
     (alpha = alpha_ratio * rank, so every layer keeps the same scaling alpha / r)."""
     from peft import LoraConfig
@@ -151,7 +152,7 @@ def lora_config(allocation: RankAllocation, alpha_ratio: float = 2.0, dropout: f
 
 # ----------------------------------------------------------------------------- LoRA-MoE
 
-def expert_counts(total: int, n_layers: int, pattern: str | LayerScores = "uniform", beta: float = 1.0) -> np.ndarray:
+def expert_counts(total: int, n_layers: int, pattern: str | LayerScores = "uniform", *, beta: float = 1.0) -> np.ndarray:
     """Experts per layer summing to `total`, at least one each.
 
     pattern: "uniform"; "mola" (four depth groups in the ratio 2:4:6:8, MoLA's "higher layers need more
@@ -183,7 +184,7 @@ def expert_counts(total: int, n_layers: int, pattern: str | LayerScores = "unifo
 class LoRAMoELinear(nn.Module):
     """A frozen linear map plus `experts` LoRA experts mixed by a top-k softmax router."""
 
-    def __init__(self, base: nn.Linear, experts: int, rank: int = 8, alpha: float = 16.0, top_k: int = 2):
+    def __init__(self, base: nn.Linear, experts: int, *, rank: int = 8, alpha: float = 16.0, top_k: int = 2):
         experts, rank, top_k = _whole("experts", experts), _whole("rank", rank), _whole("top_k", top_k)
         alpha = _positive("alpha", alpha)
         super().__init__()
@@ -209,7 +210,7 @@ class LoRAMoELinear(nn.Module):
         weights = torch.zeros_like(probs).scatter(-1, idx, top / top.sum(-1, keepdim=True))
         return weights.to(x.dtype), probs
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         weights, probs = self.routing(x)
         if self.router is not None:
             routed = (weights > 0).float().reshape(-1, self.experts).mean(0) / self.top_k     # f_e, sums to 1
@@ -236,7 +237,7 @@ class LoRAMoE:
         return sum(p.numel() for _, _, m in self.wrapped.values() for n, p in m.named_parameters()
                    if not n.startswith("base."))
 
-    def remove(self):
+    def remove(self) -> None:
         """Put the original linear maps back and restore every requires_grad flag: the base model is
         exactly as before `apply_lora_moe`. Safe to call again (after an interruption, or twice)."""
         _undo(self.wrapped, self.frozen)
@@ -274,7 +275,7 @@ def _expert_array(experts_per_layer, n_layers: int) -> np.ndarray:
     return raw.astype(int)
 
 
-def apply_lora_moe(model, experts_per_layer, rank: int = 8, alpha: float = 16.0, top_k: int = 2,
+def apply_lora_moe(model: nn.Module, experts_per_layer, *, rank: int = 8, alpha: float = 16.0, top_k: int = 2,
                    target_modules=("q_proj", "v_proj")) -> LoRAMoE:
     """Wrap layer k's target modules with experts_per_layer[k] LoRA experts; freeze everything else.
 
@@ -304,7 +305,7 @@ def apply_lora_moe(model, experts_per_layer, rank: int = 8, alpha: float = 16.0,
     frozen = [(p, p.requires_grad) for p in model.parameters()]
     wrapped: dict = {}
     try:
-        built = {name: LoRAMoELinear(module, int(experts[k]), rank, alpha, top_k)      # allocate first
+        built = {name: LoRAMoELinear(module, int(experts[k]), rank=rank, alpha=alpha, top_k=top_k)      # allocate first
                  for k, mods in targets.items() for name, module in mods.items()}
         for p, _ in frozen:
             p.requires_grad_(False)
@@ -330,17 +331,46 @@ class FinetuneResult:
     seconds: float
 
 
-def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: float = 3e-4, seed: int = 0,
-             batch_size: int = 4, clip: float = 1.0, aux: LoRAMoE | None = None, aux_weight: float = 0.01,
-             progress: bool = True) -> FinetuneResult:
-    """AdamW on the parameters that require grad (the adapters), batches drawn with `seed`, gradient
-    clipping, bf16 autocast on GPU; validation loss before and after. `aux`: a LoRAMoE whose
-    load-balancing loss is added with `aux_weight`."""
+@contextlib.contextmanager
+def _seeded_dropout(seed: int, device: torch.device):
+    """Dropout (peft's lora_dropout) draws from torch's global generators and takes no generator of its
+    own: for the run, the CPU generator and the training device's are seeded with `seed`, and afterwards
+    they are put back exactly as they were, so the caller's random stream is untouched."""
+    states = [(torch.set_rng_state, torch.get_rng_state())]
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        states.append((lambda state: torch.cuda.set_rng_state(state, index), torch.cuda.get_rng_state(index)))
+    elif device.type == "mps":
+        states.append((torch.mps.set_rng_state, torch.mps.get_rng_state()))
+    try:
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.default_generators[index].manual_seed(seed)
+        elif device.type == "mps":
+            torch.mps.manual_seed(seed)
+        yield
+    finally:
+        for restore, state in states:
+            restore(state)
+
+
+def finetune(model: nn.Module, train: Blocks, validation: Blocks, *, steps: int = 20, lr: float = 3e-4, seed: int = 0,
+             generator: torch.Generator | None = None, batch_size: int = 4, clip: float = 1.0,
+             aux: LoRAMoE | None = None, aux_weight: float = 0.01, progress: bool = True) -> FinetuneResult:
+    """AdamW on the parameters that require grad (the adapters), gradient clipping, bf16 autocast on GPU;
+    validation loss before and after. `aux`: a LoRAMoE whose load-balancing loss is added with `aux_weight`.
+
+    Randomness is local: the batches are drawn from `generator` (a CPU torch.Generator) or, without one,
+    from a fresh generator seeded with `seed`; dropout draws from torch's global generators, which are
+    seeded for the run (with `seed`, or one draw of `generator`) and restored afterwards. The same seed
+    gives the same losses, and the caller's global RNG state is the same after the call as before."""
     import time
 
     from .evaluate import mean_loss
     steps, batch_size = _whole("steps", steps, low=0), _whole("batch_size", batch_size)
     seed = _whole("seed", seed, low=-2**63)
+    if generator is not None and (not isinstance(generator, torch.Generator) or generator.device.type != "cpu"):
+        raise ValueError(f"generator must be a CPU torch.Generator (it draws batch indices), got {generator!r}")
     lr, clip, aux_weight = _positive("lr", lr), _positive("clip", clip), _positive("aux_weight", aux_weight, allow_zero=True)
     for name, blocks in (("train", train), ("validation", validation)):
         if not isinstance(blocks, Blocks) or len(blocks) == 0 or blocks.n_targets == 0:
@@ -357,37 +387,38 @@ def finetune(model, train: Blocks, validation: Blocks, steps: int = 20, lr: floa
     # the train/eval mode of every module come back as they were
     saved = [(p, p.detach().clone(), p.grad) for p in params]
     modes = [(m, m.training) for m in model.modules()]
-    try:
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)   # cpu on purpose: batch indices, the same draws on any device
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-        before = mean_loss(model, validation, batch_size, progress=False)
-        start, losses = time.perf_counter(), []
-        model.train()
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)   # cpu: the same draws anywhere
+    dropout_seed = seed if generator is None else int(torch.randint(2**62, (1,), generator=gen))
+    with _seeded_dropout(dropout_seed, device):
         try:
-            for _ in tqdm(range(steps), desc="fine-tuning", unit="step", disable=not progress, leave=False):
-                idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()  # cpu on purpose: indices
-                batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=half is not None):
-                    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                targets = batch["labels"][:, 1:]
-                loss = token_nll(logits[:, :-1], targets).sum() / (targets != IGNORE).sum().clamp(min=1)
-                total = loss + aux_weight * aux.aux_loss() if aux is not None else loss
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(params, clip)
-                opt.step()
-                losses.append(loss.detach().item())
-        finally:
-            model.eval()
-        after = mean_loss(model, validation, batch_size, progress=False)
-        return FinetuneResult(train_losses=losses, val_loss_before=before, val_loss_after=after,
-                              trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
-    except BaseException:
-        with torch.no_grad():
-            for p, value, grad in saved:
-                p.copy_(value)
-                p.grad = grad
-        for m, mode in modes:
-            m.training = mode
-        raise
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+            before = mean_loss(model, validation, batch_size, progress=False)
+            start, losses = time.perf_counter(), []
+            model.train()
+            try:
+                for _ in tqdm(range(steps), desc="fine-tuning", unit="step", disable=not progress, leave=False):
+                    idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()  # cpu on purpose: indices
+                    batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
+                    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=half is not None):
+                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    targets = batch["labels"][:, 1:]
+                    loss = token_nll(logits[:, :-1], targets).sum() / (targets != IGNORE).sum().clamp(min=1)
+                    total = loss + aux_weight * aux.aux_loss() if aux is not None else loss
+                    opt.zero_grad(set_to_none=True)
+                    total.backward()
+                    torch.nn.utils.clip_grad_norm_(params, clip)
+                    opt.step()
+                    losses.append(loss.detach().item())
+            finally:
+                model.eval()
+            after = mean_loss(model, validation, batch_size, progress=False)
+            return FinetuneResult(train_losses=losses, val_loss_before=before, val_loss_after=after,
+                                  trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
+        except BaseException:
+            with torch.no_grad():
+                for p, value, grad in saved:
+                    p.copy_(value)
+                    p.grad = grad
+            for m, mode in modes:
+                m.training = mode
+            raise

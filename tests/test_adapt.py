@@ -102,3 +102,60 @@ def test_a_few_steps_lower_the_training_loss(fresh_tiny, blocks):
     assert again.val_loss_after < again.val_loss_before and again.trainable == 1536
     with pytest.raises(ValueError, match="no trainable parameters"):
         finetune(peft_model.unload().requires_grad_(False), *blocks, steps=1)
+
+
+def _peft_tiny():
+    from peft import get_peft_model
+
+    from layerq_nb.models import _tiny_llama
+    model, _ = _tiny_llama(seed=1)
+    with torch.random.fork_rng(devices=[]):       # peft's LoRA init draws from the global RNG (outside finetune)
+        torch.manual_seed(0)
+        return get_peft_model(model, lora_config(lora_rank_pattern(model, "uniform", budget=3000), dropout=0.5))
+
+
+def test_finetune_randomness_is_local(blocks):
+    """The same seed (or an equally seeded generator) gives identical losses, dropout included, and the
+    caller's global RNG state is the same after finetune as before."""
+    torch.manual_seed(1234)
+    state = torch.get_rng_state()
+    runs = [finetune(_peft_tiny(), *blocks, steps=4, lr=1e-2, seed=3, progress=False).train_losses for _ in range(2)]
+    assert torch.equal(torch.get_rng_state(), state), "finetune changed the global torch RNG"
+    assert runs[0] == runs[1]
+    other = finetune(_peft_tiny(), *blocks, steps=4, lr=1e-2, seed=4, progress=False).train_losses
+    assert other != runs[0]
+    drawn = [finetune(_peft_tiny(), *blocks, steps=4, lr=1e-2, generator=torch.Generator().manual_seed(3),
+                      progress=False).train_losses for _ in range(2)]
+    assert drawn[0] == drawn[1] and torch.equal(torch.get_rng_state(), state)
+    with pytest.raises(ValueError, match="generator must be a CPU torch.Generator"):
+        finetune(_peft_tiny(), *blocks, steps=1, generator=3)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(experts_per_layer=[1, 1, 2], alpha=0.0),
+    dict(experts_per_layer=[1, 1, 2], rank=3.5),
+    dict(experts_per_layer=[1, 2]),
+    dict(experts_per_layer=[1, 2, 2], interrupt_at=4),       # Ctrl-C half-way through wrapping
+])
+def test_apply_lora_moe_changes_nothing_when_it_fails(fresh_tiny, monkeypatch, bad):
+    """Validated before anything changes, and rolled back if interrupted: the module tree, every weight
+    and every requires_grad flag are exactly as before."""
+    from layerq_nb.pruning import weight_fingerprint
+    model, _ = fresh_tiny
+    bad = dict(bad)
+    interrupt_at = bad.pop("interrupt_at", None)
+    before = ([(n, type(m)) for n, m in model.named_modules()], weight_fingerprint(model),
+              [p.requires_grad for p in model.parameters()])
+    if interrupt_at is not None:
+        real, calls = model.get_submodule, []
+
+        def interrupted(name):
+            calls.append(name)
+            if len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return real(name)
+        monkeypatch.setattr(model, "get_submodule", interrupted)
+    with pytest.raises((ValueError, KeyboardInterrupt)):
+        apply_lora_moe(model, **bad)
+    assert ([(n, type(m)) for n, m in model.named_modules()], weight_fingerprint(model),
+            [p.requires_grad for p in model.parameters()]) == before
