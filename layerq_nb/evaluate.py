@@ -11,13 +11,22 @@ from .data import IGNORE, Blocks, check_batch_size
 __all__ = ["token_nll", "mean_loss", "perplexity", "generate"]
 
 
-def token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(B, T) next-token NLL -log p(y_t), 0 where the target is masked. The cross-entropy runs over
-    contiguous (B*T, V) rows: the (B, V, T) layout that `cross_entropy` wants for 3-d input takes its
-    log-softmax along a strided axis, several times slower on CPU at V = 49k."""
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, *, log_probs: bool = False,
+              reduction: str = "none") -> torch.Tensor:
+    """Next-token NLL -log p(y_t | y_<t) of every target, 0 where it is masked (IGNORE): the one place
+    layerq_nb computes it (evaluation, fine-tuning, the tape, ablations).
+
+    logits (B, T, V) line up with targets (B, T): pass logits[:, :-1] with labels[:, 1:]. log_probs=True
+    when they are log-softmax outputs already (the tape shares one log-softmax between its phases).
+    reduction "none" gives (B, T), "sum" the float32 sum over targets. The rows are made contiguous
+    (B*T, V): the (B, V, T) layout that `cross_entropy` wants for 3-d input takes its log-softmax along
+    a strided axis, several times slower on CPU at V = 49k."""
+    if reduction not in ("none", "sum"):
+        raise ValueError(f"reduction must be 'none' or 'sum', got {reduction!r}")
     b, t, v = logits.shape
-    return torch.nn.functional.cross_entropy(logits.reshape(b * t, v).float(), targets.reshape(-1),
-                                             ignore_index=IGNORE, reduction="none").view(b, t)
+    loss = torch.nn.functional.nll_loss if log_probs else torch.nn.functional.cross_entropy
+    out = loss(logits.reshape(b * t, v).float(), targets.reshape(-1), ignore_index=IGNORE, reduction=reduction)
+    return out.view(b, t) if reduction == "none" else out
 
 
 def _check_context(model, blocks: Blocks):
@@ -28,7 +37,7 @@ def _check_context(model, blocks: Blocks):
 
 
 @torch.inference_mode()
-def mean_loss(model, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> float:
+def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> float:
     """L = (1/N) sum_t -log p(y_t | y_<t) over the N non-masked targets of all blocks (fp32 sums)."""
     _check_context(model, blocks)
     check_batch_size(batch_size)
@@ -42,10 +51,8 @@ def mean_loss(model, blocks: Blocks, batch_size: int = 4, progress: bool = True)
     for batch in blocks.batches(batch_size):
         batch = {k: v.to(device) for k, v in batch.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits, targets = logits[:, :-1].float(), batch["labels"][:, 1:]   # position t predicts token t+1
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                                ignore_index=IGNORE, reduction="sum")
-        total += float(nll)
+        targets = batch["labels"][:, 1:]                    # position t predicts token t+1
+        total += float(token_nll(logits[:, :-1], targets, reduction="sum"))
         count += int((targets != IGNORE).sum())
         bar.update(batch["input_ids"].shape[0])
     bar.close()

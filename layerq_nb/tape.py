@@ -25,16 +25,21 @@ Reducer state is plain tensors in a dict, summed across processes by `all_reduce
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Sequence
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import IGNORE, Blocks, check_batch_size
+from .evaluate import token_nll
 from .models import layers as find_layers
 
-__all__ = ["Reducer", "GradientSum", "KFACFactors", "DiagonalFisher", "EKFACCorrection", "run_tape",
+__all__ = ["Reducer", "GradientSum", "KFACFactors", "DiagonalFisher", "EKFACCorrection", "Phase", "run_tape",
            "all_reduce", "module_keys"]
+
+LABELS = ("data", "sampled")
+REDUCTIONS = ("mean", "sum", "block_mean")
 
 
 def module_keys(model) -> list[tuple[int, str]]:
@@ -190,15 +195,20 @@ def _sample_labels(logp, labels, seeds):
     return torch.where(labels == IGNORE, labels, torch.stack(rows))
 
 
-def _token_nll(logp, targets):
-    """(B, T) next-token NLL from log-probabilities, 0 where the target is masked."""
-    keep = targets != IGNORE
-    return -logp.gather(-1, torch.where(keep, targets, 0).unsqueeze(-1)).squeeze(-1) * keep
+class Phase(NamedTuple):
+    """One backward pass of `run_tape` after the shared forward: the reducers it feeds, the labels its
+    loss uses ("data" or "sampled") and how the loss is reduced ("mean", "sum" or "block_mean"; see
+    `run_tape`). A plain (reducers, labels, reduction) tuple is accepted wherever a Phase is."""
+    reducers: Sequence[Reducer]
+    labels: str = "data"
+    reduction: str = "mean"
 
 
-def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data", reduction: str = "mean",
-             batch_size: int = 4, seed: int = 0, block_ids=None, n_targets: int | None = None,
-             progress: bool = True, desc: str = "tape", autocast: bool | torch.dtype = False, only=None, then=None) -> float:
+def run_tape(model: torch.nn.Module, blocks: Blocks, reducers: Sequence[Reducer], *, labels: str = "data",
+             reduction: str = "mean", batch_size: int = 4, seed: int = 0, block_ids: Sequence[int] | None = None,
+             n_targets: int | None = None, progress: bool = True, desc: str = "tape",
+             autocast: bool | torch.dtype = False, only: Collection[int] | None = None,
+             then: Sequence[Phase] | None = None) -> float:
     """One forward/backward pass over `blocks` feeding (a, b) per module to every reducer.
 
     labels: "data" (the blocks' labels) or "sampled" (drawn from the model, seeded per block, for the
@@ -207,8 +217,9 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     loss (per-token gradients, for Fisher statistics), "block_mean" the sum over blocks of each
     block's mean loss (per-example losses l(z_i), for influence functions). `block_ids` (global block indices) make sampled
     labels independent of sharding and batching. `only`: layer indices whose modules are reduced
-    (default all). `then`: further (reducers, labels, reduction) phases that reuse each batch's forward
-    pass with one more backward each (gradients and Fisher statistics from one forward). `autocast`:
+    (default all). `then`: further `Phase(reducers, labels, reduction)`s that reuse each batch's forward
+    pass with one more backward each (gradients and Fisher statistics from one forward), e.g.
+    `then=[Phase([GradientSum()], "data", "mean")]`. `autocast`:
     True (bfloat16) or a half dtype for the passes, e.g. `device.dtype_policy(device).autocast`; the
     statistics are float32 either way.
     Returns the summed data-label loss over the blocks.
@@ -221,11 +232,11 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
     n_targets = n_targets or blocks.n_targets
     block_ids = list(range(len(blocks))) if block_ids is None else list(block_ids)
     device = next(model.parameters()).device
-    phases = [(reducers, labels, reduction), *(then or [])]
+    phases = [Phase(reducers, labels, reduction), *(Phase(*phase) for phase in then or [])]
     for _, lab, red in phases:
-        if lab not in ("data", "sampled"):
+        if lab not in LABELS:
             raise ValueError(f"labels must be 'data' or 'sampled', got {lab!r}")
-        if red not in ("mean", "sum", "block_mean"):
+        if red not in REDUCTIONS:
             raise ValueError(f"reduction must be 'mean', 'sum' or 'block_mean', got {red!r}")
     valid = {}
 
@@ -264,14 +275,15 @@ def run_tape(model, blocks: Blocks, reducers: list[Reducer], labels: str = "data
             logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
             del logits
             per_block_targets = (targets != IGNORE).sum(1).clamp(min=1)
-            nll = _token_nll(logp, targets)
+            nll = token_nll(logp, targets, log_probs=True)
             total += float(nll.detach().sum())
             for i, (phase_reducers, lab, red) in enumerate(phases):
                 valid["reducers"] = phase_reducers
                 phase_nll = nll
                 if lab == "sampled":
                     ids = block_ids[start:start + batch["input_ids"].shape[0]]
-                    phase_nll = _token_nll(logp, _sample_labels(logp, targets, [seed * 1_000_003 + i for i in ids]))
+                    sampled = _sample_labels(logp, targets, [seed * 1_000_003 + i for i in ids])
+                    phase_nll = token_nll(logp, sampled, log_probs=True)
                 if red == "block_mean":     # sum over blocks of each block's own mean loss
                     loss = (phase_nll.sum(1) / per_block_targets).sum()
                 else:
