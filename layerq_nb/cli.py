@@ -149,7 +149,7 @@ def cmd_lab(args) -> int:
     import subprocess
     from pathlib import Path
 
-    from .ui._assets import tutorials_folder
+    from .tutorials import tutorials_folder
     source = tutorials_folder()
     folder = source
     if source.name == "_notebooks":       # inside site-packages: work on a copy
@@ -271,16 +271,20 @@ def _check_save(args):
         check_folder(args.save)
 
 
+# the map kinds whose per-layer scores are layer scores (zeta^2, LayerIF), as a --scores file holds
+_LAYER_SCORE_KINDS = ("layerif", "mdl")
+
+
 def _check_prune(args):
-    from .pruning import MAX_SPARSITY, SPECS
+    from .pruning import MAP_SPECS, MAX_SPARSITY, map_kind
     _finite("sparsity", args.sparsity, 0.0, high=MAX_SPARSITY)
     _finite("band", args.band, 0.0)
-    if args.map.removesuffix("-reverse") not in SPECS:
-        raise ValueError(f"unknown map {args.map!r}: use one of {', '.join(SPECS)} (or <map>-reverse)")
+    if args.map.removesuffix("-reverse") not in MAP_SPECS:
+        raise ValueError(f"unknown map {args.map!r}: use one of {', '.join(MAP_SPECS)} (or <map>-reverse)")
     if args.scores:
-        if args.map.removesuffix("-reverse") not in ("layerif", "mdl-zeta2", "mdl-layerif"):
-            raise ValueError(f"the {args.map} map uses no layer scores: --scores goes with mdl-zeta2, mdl-layerif "
-                             "or layerif")
+        if map_kind(args.map) not in _LAYER_SCORE_KINDS:
+            scored = [spec for spec in MAP_SPECS if map_kind(spec) in _LAYER_SCORE_KINDS]
+            raise ValueError(f"the {args.map} map uses no layer scores: --scores goes with {', '.join(scored)}")
         _check_scores_file(args.scores)
     _check_save(args)
     _check_common(args)
@@ -594,10 +598,9 @@ def cmd_prune(args) -> int:
     evaluation = load_task(args.task, tokenizer, split="test", n_blocks=args.eval_blocks, block_size=args.block_size)
     if args.scores:
         from .artefacts import load_scores
-        from .pruning import layer_sizes, sparsity_map
+        from .pruning import layer_sizes, map_kind, sparsity_map
         scores = load_scores(args.scores, model)
-        base = args.map.removesuffix("-reverse")
-        per_layer = sparsity_map(base.split("-")[0], args.sparsity, layer_sizes(model), scores, band=args.band,
+        per_layer = sparsity_map(map_kind(args.map), args.sparsity, layer_sizes(model), scores, band=args.band,
                                  reverse=args.map.endswith("-reverse"))
     else:
         per_layer = map_functions(model, calibration, validation, [args.map], band=args.band)[args.map](args.sparsity)
@@ -683,16 +686,18 @@ def _save_allocation(args, allocation, record, trained, peft_model):
 
 
 def _add_model_and_device(parser):
+    from .device import DEVICES
     parser.add_argument("--model", default="smollm2-135m", help="short name, hub id or folder (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from .curvature import CURVATURES, DAMPING_MODES
-    from .data import SPLITS
-    from .pruning import METHODS as PRUNE_METHODS
-    from .scoring import FISHERS, GRANULARITIES
+    from .data import SPLITS, TASKS
+    from .pruning import MAP_SPECS, PRUNE_METHODS
+    from .scoring import FACTORED, FISHERS, GRANULARITIES
     from .scoring import METHODS as SCORE_METHODS
+    tasks = f"{', '.join(TASKS)} or hf:<dataset>"
     parser = _Parser(
         prog="layerq", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Layer-wise capacity in small LLMs: score layers, allocate capacity, prune.")
@@ -708,7 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "KKT residual and the gap to cvxpy), program B's sparsity map applied with "
                                       "Wanda (weights restored), and where to go next.")
     _add_model_and_device(demo)
-    demo.add_argument("--tasks", nargs="+", default=["prose", "code", "arithmetic"], help="tasks to evaluate")
+    demo.add_argument("--tasks", nargs="+", default=list(TASKS), help="tasks to evaluate")
     demo.add_argument("--score-tasks", nargs=2, default=["prose", "arithmetic"], metavar=("PRUNE_TASK", "LORA_TASK"),
                       help="the two tasks to score; the first calibrates the pruning, the second the LoRA ranks "
                            "(default: %(default)s)")
@@ -717,7 +722,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="training blocks to score (and calibrate Wanda) on (default: %(default)s)")
     demo.add_argument("--block-size", type=int, default=128, help="tokens per block (default: %(default)s)")
     demo.add_argument("--batch-size", type=int, default=4, help="blocks per forward pass (default: %(default)s)")
-    demo.add_argument("--curvature", default="diag", choices=["identity", "diag", "kfac", "ekfac"],
+    demo.add_argument("--curvature", default="diag", choices=FACTORED,
                       help="curvature of zeta^2 (default: %(default)s, the fastest; kfac as in the paper)")
     demo.add_argument("--rank", type=int, default=2, help="LoRA budget = this uniform rank's parameters (default: %(default)s)")
     demo.add_argument("--beta", type=float, default=1.0, help="program A's beta (default: %(default)s)")
@@ -732,7 +737,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(torchrun --nproc_per_node=2 -m layerq_nb.cli score ...) the blocks are "
                                     "sharded across processes and the statistics summed.")
     _add_model_and_device(sc)
-    sc.add_argument("--task", default="prose", help="prose, code, arithmetic or hf:<dataset> (default: %(default)s)")
+    sc.add_argument("--task", default="prose", help=f"{tasks} (default: %(default)s)")
     sc.add_argument("--split", default="train", choices=SPLITS, help="(default: %(default)s)")
     sc.add_argument("--blocks", type=int, default=8, help="blocks to score on (default: %(default)s)")
     sc.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
@@ -753,10 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Prune every linear map of every decoder layer with a per-layer sparsity "
                                     "map, report the zeros per layer and the held-out perplexity, restore the model.")
     _add_model_and_device(pr)
-    pr.add_argument("--task", default="prose", help="calibration and evaluation task (default: %(default)s)")
+    pr.add_argument("--task", default="prose", help=f"calibration and evaluation task: {tasks} (default: %(default)s)")
     pr.add_argument("--sparsity", type=float, default=0.5, help="global fraction of zeros (default: %(default)s)")
-    pr.add_argument("--map", default="mdl-zeta2", help="uniform, owl, alphapruning, layerif, mdl-zeta2, mdl-layerif, "
-                                                        "or any of them + '-reverse' (default: %(default)s)")
+    pr.add_argument("--map", default="mdl-zeta2", help=f"{', '.join(MAP_SPECS)}, or any of them + '-reverse' "
+                                                        "(default: %(default)s)")
     pr.add_argument("--method", default="wanda", choices=PRUNE_METHODS)
     pr.add_argument("--band", type=float, default=0.1, help="MDL maps keep s_k within S -/+ band (default: %(default)s)")
     pr.add_argument("--blocks", type=int, default=8, help="calibration blocks (default: %(default)s)")
@@ -774,7 +779,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Allocate LoRA ranks per layer at a parameter budget from zeta^2 or LayerIF "
                                     "scores; with --train, fine-tune uniform and MDL ranks briefly and compare.")
     _add_model_and_device(al)
-    al.add_argument("--task", default="arithmetic", help="task to score and train on (default: %(default)s)")
+    al.add_argument("--task", default="arithmetic", help=f"task to score and train on: {tasks} (default: %(default)s)")
     al.add_argument("--scores", default="zeta2", metavar="zeta2|layerif|FILE",
                     help="score with zeta^2 (K-FAC) or LayerIF, or read a file from `layerq score --out` "
                          "(default: %(default)s)")

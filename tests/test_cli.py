@@ -15,6 +15,24 @@ def test_help_reads_well():
     assert "demo" in out.stdout and "doctor" in out.stdout and "examples:" in out.stdout
 
 
+def test_choices_are_the_core_constants():
+    """The command line names no curvature, damping mode, split, method or map of its own."""
+    from layerq_nb import curvature, data, pruning, scoring
+    from layerq_nb.cli import build_parser
+    commands = build_parser()._subparsers._group_actions[0].choices
+    choices = {(name, action.dest): tuple(action.choices) for name, sub in commands.items()
+               for action in sub._actions if action.choices}
+    assert choices[("score", "curvature")] == curvature.CURVATURES
+    assert choices[("score", "damping_mode")] == curvature.DAMPING_MODES
+    assert choices[("score", "split")] == data.SPLITS
+    assert choices[("score", "method")] == scoring.METHODS
+    assert choices[("score", "fisher")] == scoring.FISHERS and choices[("score", "granularity")] == scoring.GRANULARITIES
+    assert choices[("demo", "curvature")] == scoring.FACTORED
+    assert choices[("prune", "method")] == pruning.PRUNE_METHODS
+    assert commands["demo"].get_default("tasks") == list(data.TASKS)
+    assert all(spec in commands["prune"].format_help().replace("\n", " ").replace(" ", "") for spec in pruning.MAP_SPECS)
+
+
 def test_doctor_reports_versions(capsys):
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out

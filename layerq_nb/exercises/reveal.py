@@ -1,23 +1,26 @@
 """Hints and solutions behind buttons: nothing is shown until the learner asks for it.
 
-In a notebook with ipywidgets a button reveals one hint per press, and another reveals the solution.
-Without ipywidgets (a bare install, plain Python) the same calls print how to ask in text instead.
+In a notebook with ipywidgets a button reveals one hint per press, and another reveals the solution;
+the buttons are drawn by `layerq_nb.ui.reveal`, so this module never imports ipywidgets itself.
+Without them (a bare install, plain Python) the same calls print how to ask in text instead.
 """
 from __future__ import annotations
 
-import html
+import importlib.util
 
 __all__ = ["hint", "solution", "show_hint_button"]
 
 
-def _widgets():
+def _can_draw() -> bool:
+    """True in a Jupyter kernel with ipywidgets installed (found without importing it)."""
     try:
-        import ipywidgets
+        if importlib.util.find_spec("ipywidgets") is None:
+            return False
         from IPython import get_ipython
     except ImportError:
-        return None
+        return False
     shell = get_ipython()
-    return ipywidgets if shell is not None and getattr(shell, "kernel", None) is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def hint(key: str, step: int | None = None):
@@ -29,33 +32,15 @@ def hint(key: str, step: int | None = None):
         if not 1 <= step <= len(ex.hints):
             raise IndexError(f"exercise {key} has {len(ex.hints)} hint(s); ask for 1 to {len(ex.hints)}")
         return ex.hints[step - 1]
-    widgets = _widgets()
-    if widgets is None:
+    if not _can_draw():
         return f"exercise {key} has {len(ex.hints)} hint(s): ex.hint({key!r}, 1) .. ex.hint({key!r}, {len(ex.hints)})"
-    shown = widgets.HTML()
-    button = widgets.Button(description=f"Hint {key} (1 of {len(ex.hints)})", icon="lightbulb-o",
-                            layout=widgets.Layout(width="auto"))
-    count = [0]
-
-    def reveal(_=None):
-        if count[0] < len(ex.hints):
-            count[0] += 1
-            shown.value = "".join(f"<p><b>Hint {i + 1}.</b> {html.escape(h)}</p>" for i, h in enumerate(ex.hints[:count[0]]))
-        if count[0] >= len(ex.hints):
-            button.disabled, button.description = True, f"all {len(ex.hints)} hints shown"
-        else:
-            button.description = f"Hint {key} ({count[0] + 1} of {len(ex.hints)})"
-    button.on_click(reveal)
-    box = widgets.VBox([button, shown])
-    box.add_class("lq-hint")
-    box.reveal = reveal
-    return box
+    from ..ui.reveal import hint_box
+    return hint_box(key, ex.hints)
 
 
 def show_hint_button(ex) -> None:
     """Display the hint button under a check's verdict (in a notebook only)."""
-    widgets = _widgets()
-    if widgets is None:
+    if not _can_draw():
         print(f"       Hints on request: ex.hint({ex.key!r}, 1)")
         return
     from IPython.display import display
@@ -68,26 +53,15 @@ def solution(key: str):
     from . import NoSolutions, solution_code
     from ._core import get
     get(key)                                  # an unknown key is still an error, in every edition
-    widgets = _widgets()
+    draw = _can_draw()
     try:
         code = solution_code(key)
     except NoSolutions as why:
-        if widgets is None:
+        if not draw:
             return f"exercise {key}: {why}"
-        button = widgets.Button(description=f"No solution in this edition ({key}): ask your instructor",
-                                icon="ban", disabled=True, layout=widgets.Layout(width="auto"))
-        button.add_class("lq-solution-absent")
-        return button
-    if widgets is None:
+        from ..ui.reveal import absent_solution
+        return absent_solution(key)
+    if not draw:
         return code
-    shown = widgets.HTML()
-    button = widgets.Button(description=f"Show solution {key}", icon="eye", layout=widgets.Layout(width="auto"))
-
-    def reveal(_=None):
-        shown.value = f"<pre>{html.escape(code)}</pre>"
-        button.disabled = True
-    button.on_click(reveal)
-    box = widgets.VBox([button, shown])
-    box.add_class("lq-solution")
-    box.reveal = reveal
-    return box
+    from ..ui.reveal import solution_box
+    return solution_box(key, code)

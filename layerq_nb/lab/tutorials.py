@@ -17,7 +17,7 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..ui._assets import tutorial, tutorials, tutorials_folder
+from ..tutorials import tutorial, tutorials, tutorials_folder
 
 DEFAULT_FOLDER = "layerq-tutorials"
 BACKUPS = "backups"
