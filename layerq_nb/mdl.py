@@ -12,7 +12,8 @@ Both are separable and strictly concave (convex) where q_k > 0, with one linear 
 conditions give x_k(nu) = clip(closed form in the dual level nu, lower, upper) and the spend
 sum_k w_k x_k(nu) is monotone in nu: bisection on one scalar finds the unique optimum in O(K log 1/eps).
 The spend is also of the form a/nu + b (or a nu + b) between the 2K breakpoints where a layer hits a
-bound, so sorting the breakpoints gives nu exactly in O(K log K) (`method="sorted"`).
+bound, so sorting the breakpoints gives nu exactly in O(K log K) (`method="sorted"`, and `allocate_batch`
+for many instances at once: one routine, `_sorted_levels`). The transfer-regret bound is in `regret`.
 
 Numpy only: the math can be taught and tested without torch.
 """
@@ -20,12 +21,18 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
+
+if TYPE_CHECKING:
+    from .reference import SolverReport
 
 __all__ = [
     "AllocationProblem", "PruningProblem", "Solution", "Regret", "BatchAllocation",
     "allocate", "allocate_batch", "prune", "verify", "regret_bound", "bisection_trace", "budget_curve", "normalise",
+    "allocation_problem", "pruning_problem",
 ]
 
 _SPEND_RTOL = 1e-9   # verify(): the budget must hold to this relative accuracy
@@ -34,7 +41,7 @@ _KKT_RTOL = 1e-6     # verify(): stationarity, relative to the dual level nu * w
 
 # ----------------------------------------------------------------------------- validation
 
-def normalise(q) -> np.ndarray:
+def normalise(q: ArrayLike) -> np.ndarray:
     """q / sum(q) after checking q is finite, >= 0 and not all zero (scores on the simplex)."""
     q = np.asarray(q, dtype=float)
     if q.ndim != 1 or q.size == 0:
@@ -82,8 +89,8 @@ def _check_bounds(lower, upper):
 @dataclass(frozen=True, eq=False)
 class AllocationProblem:
     """MDL program A (arXiv 2603.00910, capacity allocation): max sum_k q_k log(1 + r_k/beta_k), sum c r = B."""
-    q: np.ndarray
-    budget: float
+    q: np.ndarray               # (K,), or (n, K): one instance per row (`allocate_batch`)
+    budget: float               # or (n,), one per row
     cost: np.ndarray
     beta: np.ndarray
     lower: np.ndarray
@@ -175,6 +182,40 @@ class Solution:
     kkt_residual: float         # largest relative violation of feasibility / stationarity / slackness
     problem: AllocationProblem | PruningProblem = field(repr=False)
     integer: bool = False
+    solver: SolverReport | None = field(default=None, repr=False)   # set by `reference` (cvxpy); None here
+
+    @classmethod
+    def at(cls, problem: AllocationProblem | PruningProblem, x: ArrayLike, nu: float, *, iterations: int = 0,
+           integer: bool = False, solver: SolverReport | None = None) -> Solution:
+        """The solution of `problem` at a candidate (x, nu) from any solver: x within 1e-12 of a bound is put
+        on it, then the active sets, objective and KKT residual are computed (`verify` judges them)."""
+        x = np.asarray(x, dtype=float)
+        with np.errstate(invalid="ignore"):
+            active_lower = x <= problem.lower + 1e-12 * np.maximum(1.0, np.abs(problem.lower))
+            active_upper = (x >= problem.upper - 1e-12 * np.maximum(1.0, np.abs(problem.upper))) & ~active_lower
+        x = np.where(active_lower, problem.lower, np.where(active_upper, problem.upper, x))
+        sol = cls(x=x, nu=float(nu), objective=problem.objective(x), iterations=iterations,
+                  active_lower=active_lower, active_upper=active_upper, kkt_residual=np.nan,
+                  problem=problem, integer=integer, solver=solver)
+        return replace(sol, kkt_residual=_kkt_residual(sol))
+
+    # cvxpy's report under the names notebooks 04 and 05 read (`ref.status`, `ref.polished`, `ref.x_solver`)
+    @property
+    def status(self) -> str:
+        return self._report().status
+
+    @property
+    def polished(self) -> bool:
+        return self._report().polished
+
+    @property
+    def x_solver(self) -> np.ndarray:
+        return self._report().x_solver
+
+    def _report(self) -> SolverReport:
+        if self.solver is None:
+            raise AttributeError("only a `reference` (cvxpy) solution carries a solver report")
+        return self.solver
 
 
 # ----------------------------------------------------------------------------- solver
@@ -276,59 +317,59 @@ def _polish(problem, lo, hi):
     return float(exact) if np.isfinite(exact) and exact > 0 and lo * (1 - 1e-9) <= exact <= hi * (1 + 1e-9) else nu
 
 
-def _sorted_exact(problem):
-    """Exact nu from the sorted breakpoints: between consecutive breakpoints spend(nu) = A f(nu) + B."""
+def _sorted_levels(problem: AllocationProblem | PruningProblem) -> np.ndarray:
+    """Exact dual levels nu, one per instance (a row of q (n, K), or q (K,) alone), from the sorted breakpoints.
+
+    Walking nu down from +inf, allocation (max) layers go lower -> free -> upper and pruning (min) layers
+    upper -> free -> lower: layer k leaves its start bound at `enter_k`, reaches its end bound at `leave_k`,
+    and in between spends a_k f(nu) + b_k (f(nu) = 1/nu or nu, see `free_form`). So between consecutive
+    breakpoints spend(nu) = A f(nu) + B; one argsort of the 2K breakpoints per row and two cumulative sums
+    give (A, B) on every piece, the first breakpoint where the spend reaches the target names the piece,
+    and A f(nu) + B = target gives nu. A layer with no score never leaves its start bound (one instance;
+    `allocate_batch` requires every q_k > 0).
+    """
     at_lower, at_upper, a, b, form = problem.free_form()
-    w, lower, upper = problem.weights, problem.lower, problem.upper
-    pos = problem.q > 0
-    k = np.flatnonzero(pos)
-    # walking nu from +inf down to 0: allocation (max) layers go lower -> free -> upper;
-    # pruning (min) layers go upper -> free -> lower. Each crossing changes (A, B) by a known amount.
-    enter, leave = (at_lower[k], at_upper[k]) if problem.sense == "max" else (at_upper[k], at_lower[k])
-    from_bound, to_bound = (lower[k], upper[k]) if problem.sense == "max" else (upper[k], lower[k])
-    nus = np.concatenate([enter, leave])
-    dA = np.concatenate([a[k], -a[k]])
-    dB = np.concatenate([b[k] - w[k] * from_bound, w[k] * to_bound - b[k]])
-    order = np.argsort(-nus, kind="stable")
-    nus, A, B = nus[order], np.cumsum(dA[order]), np.cumsum(dB[order])
-    B0 = np.dot(w[k], from_bound) + np.dot(w[~pos], lower[~pos] if problem.sense == "max" else upper[~pos])
-    B = B + B0
-    with np.errstate(invalid="ignore", divide="ignore"):
+    w, rising = problem.weights, problem.sense == "max"     # walking nu down, allocation's spend rises, pruning's falls
+    enter, leave = (at_lower, at_upper) if rising else (at_upper, at_lower)
+    start, end = (problem.lower, problem.upper) if rising else (problem.upper, problem.lower)
+    q = np.atleast_2d(problem.q)
+    n = q.shape[0]
+    enter, leave, a, b, start, end = (np.broadcast_to(v, q.shape) for v in (enter, leave, a, b, w * start, w * end))
+    base = start.sum(axis=1)                                  # (n,) the spend above every breakpoint
+    if problem.q.ndim == 1:
+        pos = q[0] > 0
+        enter, leave, a, b, start, end = (v[:, pos] for v in (enter, leave, a, b, start, end))
+    nus = np.concatenate([enter, leave], axis=1)              # (n, 2K)
+    d_a = np.concatenate([a, -a], axis=1)
+    d_b = np.concatenate([b - start, end - b], axis=1)
+    order = np.argsort(-nus, axis=1, kind="stable")
+    nus = np.take_along_axis(nus, order, axis=1)
+    big_a = np.cumsum(np.take_along_axis(d_a, order, axis=1), axis=1)
+    big_b = np.cumsum(np.take_along_axis(d_b, order, axis=1), axis=1) + base[:, None]
+    target = np.broadcast_to(np.asarray(problem.target, dtype=float), (n,))
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
         f = (1.0 / nus) if form == "inverse" else nus
-        spend_at = np.where(np.isfinite(f) & (A != 0), A * f, 0.0) + B   # spend just below each breakpoint
-    t = problem.target
-    # first breakpoint (in decreasing nu) past which the spend reaches the target
-    reached = spend_at >= t if problem.sense == "max" else spend_at <= t
-    j = int(np.argmax(reached)) if reached.any() else len(nus) - 1
-    if j == 0 or A[j - 1] == 0:   # target met exactly at a breakpoint
-        return float(nus[j])
-    Aj, Bj = A[j - 1], B[j - 1]
-    return float(Aj / (t - Bj)) if form == "inverse" else float((t - Bj) / Aj)
-
-
-def _finish(problem, x, nu, iterations, integer=False):
-    with np.errstate(invalid="ignore"):
-        active_lower = x <= problem.lower + 1e-12 * np.maximum(1.0, np.abs(problem.lower))
-        active_upper = (x >= problem.upper - 1e-12 * np.maximum(1.0, np.abs(problem.upper))) & ~active_lower
-    x = np.where(active_lower, problem.lower, np.where(active_upper, problem.upper, x))
-    sol = Solution(x=x, nu=float(nu), objective=problem.objective(x), iterations=iterations,
-                   active_lower=active_lower, active_upper=active_upper, kkt_residual=np.nan,
-                   problem=problem, integer=integer)
-    return replace(sol, kkt_residual=_kkt_residual(sol))
+        spend = np.where(np.isfinite(f) & (big_a != 0), big_a * f, 0.0) + big_b   # at each breakpoint
+        reached = spend >= target[:, None] if rising else spend <= target[:, None]
+        j = np.where(reached.any(axis=1), np.argmax(reached, axis=1), nus.shape[1] - 1)
+        rows, prev = np.arange(n), np.maximum(j - 1, 0)
+        a_j, b_j = big_a[rows, prev], big_b[rows, prev]       # the piece just above breakpoint j
+        root = a_j / (target - b_j) if form == "inverse" else (target - b_j) / a_j
+    return np.where((j == 0) | (a_j == 0), nus[rows, j], root)   # j == 0: the target is met at a breakpoint
 
 
 def _solve(problem, method, tol):
     lo_end, hi_end = _saturation(problem)
     t = problem.target
     if (problem.sense == "max" and t >= hi_end) or (problem.sense == "min" and t <= lo_end):
-        return _finish(problem, _degenerate(problem), 0.0, 0)
+        return Solution.at(problem, _degenerate(problem), 0.0)
     if method == "bisection":
         nu, it = _bisect(problem, tol)
     elif method == "sorted":
-        nu, it = _sorted_exact(problem), 0
+        nu, it = float(_sorted_levels(problem)[0]), 0
     else:
         raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
-    return _finish(problem, problem.x_of_nu(nu), nu, it)
+    return Solution.at(problem, problem.x_of_nu(nu), nu, iterations=it)
 
 
 def _pow2_scale(values) -> float:
@@ -399,7 +440,7 @@ def _rescaled(sol: "Solution", problem, scale: float) -> "Solution":
     x is unchanged and nu scales by 1 / scale (q phi'(x) = nu w)."""
     if scale == 1.0:
         return sol
-    return _finish(problem, sol.x, sol.nu / scale, sol.iterations, integer=sol.integer)
+    return Solution.at(problem, sol.x, sol.nu / scale, iterations=sol.iterations, integer=sol.integer)
 
 
 def _check_budget(name, target, lo, hi, what):
@@ -422,53 +463,25 @@ def _allocation_terms(k, cost, beta, lower, upper):
     return cost, beta, lower, upper
 
 
-def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, integer=False, tol=1e-12,
-             method="bisection") -> Solution:
-    """Capacity allocation, MDL program A (arXiv 2603.00910).
-
-    maximise sum_k q_k log(1 + r_k / beta_k)   s.t.  sum_k c_k r_k = B,  lower_k <= r_k <= upper_k
-    KKT: r_k(nu) = clip(q_k / (nu c_k) - beta_k, lower_k, upper_k). The spend sum_k c_k r_k(nu) is
-    non-increasing in nu, so bisection on nu (the taught path) or the sorted breakpoints
-    (`method="sorted"`, exact) give the unique optimum. q is normalised to the simplex first.
-    Special case beta -> 0, no bounds: r_k = B q_k / c_k.
-
-    `integer=True` returns whole units (ranks, experts) with sum_k c_k r_k <= B: see `_integer_greedy`.
-
-    >>> allocate([0.5, 0.5], budget=4.0).x
-    array([2., 2.])
-    """
+def allocation_problem(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayLike = 1.0,
+                       lower: ArrayLike = 0.0, upper: ArrayLike = np.inf, integer: bool = False) -> AllocationProblem:
+    """Program A's data checked once (the ValueError names the first bad value): q normalised to the
+    simplex, per-layer terms broadcast to (K,), the budget inside [sum c lower, sum c upper] (whole units,
+    `integer=True`, spend at most the budget, so only the lower end binds them)."""
     q = normalise(q)
-    k = q.size
-    cost, beta, lower, upper = _allocation_terms(k, cost, beta, lower, upper)
+    cost, beta, lower, upper = _allocation_terms(q.size, cost, beta, lower, upper)
     budget = float(budget)
     if not np.isfinite(budget):
         raise ValueError(f"budget must be finite, got {budget}")
     lo, hi = float(cost @ lower), float(cost @ upper)
-    # whole units spend at most the budget, so only the lower end binds them
     _check_budget("budget", budget, lo, np.inf if integer else hi, "sum_k cost_k * lower_k .. sum_k cost_k * upper_k")
-    if method not in ("bisection", "sorted"):
-        raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
-    problem = AllocationProblem(q=q, budget=budget, cost=cost, beta=beta, lower=lower, upper=upper)
-    scale = _budget_scale(cost, budget)     # cost and budget scale together: x is unchanged
-    scaled = problem if scale == 1.0 else replace(problem, budget=budget / scale, cost=_frozen(cost / scale))
-    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):   # _answer judges extremes
-        sol = _integer_greedy(scaled) if integer else _solve(scaled, method, tol)
-        return _answer(_rescaled(sol, problem, scale), "A", tol)
+    return AllocationProblem(q=q, budget=budget, cost=cost, beta=beta, lower=lower, upper=upper)
 
 
-def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", tol=1e-12,
-          method="bisection") -> Solution:
-    """Per-layer sparsity, MDL program B (arXiv 2603.00910).
-
-    minimise sum_k q_k phi(s_k)  s.t.  sum_k n_k s_k = S sum_k n_k,  lower_k <= s_k <= upper_k
-    phi(s) = -log(1 - s) ("log": the code length of the kept fraction) or s^2 / 2 ("quadratic", the
-    seed-003 code's psi). KKT: log: s_k = clip(1 - q_k / (nu n_k)); quadratic: s_k = clip(nu n_k / q_k).
-    The sparsity spent is non-decreasing in nu, so bisection on nu finds the unique optimum.
-    Low-gain layers are pruned more; high-gain layers are protected.
-
-    >>> prune([0.5, 0.5], sparsity=0.5).x
-    array([0.5, 0.5])
-    """
+def pruning_problem(q: ArrayLike, sparsity: float, *, sizes: ArrayLike = 1.0, lower: ArrayLike = 0.0,
+                    upper: ArrayLike = 0.99, penalty: str = "log") -> PruningProblem:
+    """Program B's data checked once (the ValueError names the first bad value): q normalised, sizes > 0,
+    0 <= lower <= upper < 1, and the global sparsity inside the size-weighted means of lower and upper."""
     q = normalise(q)
     k = q.size
     if penalty not in ("log", "quadratic"):
@@ -483,15 +496,76 @@ def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", tol=1e-1
     sparsity = float(sparsity)
     if not (0 <= sparsity < 1):
         raise ValueError(f"sparsity {sparsity:g} must lie in [0, 1)")
-    scale = _pow2_scale(sizes)          # the budget is a share of sum n_k: x is unchanged by scaling n
-    n = sizes / scale
+    n = sizes / _pow2_scale(sizes)      # sizes of any magnitude: the means are unchanged by scaling n
     total = n.sum()
     _check_budget("sparsity", sparsity, float(n @ lower / total), float(n @ upper / total),
                   "the size-weighted mean of lower .. of upper")
+    return PruningProblem(q=q, sparsity=sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
+
+
+def _check_method(method: str) -> None:
     if method not in ("bisection", "sorted"):
         raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
-    problem = PruningProblem(q=q, sparsity=sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
-    scaled = problem if scale == 1.0 else replace(problem, sizes=_frozen(n))
+
+
+def allocate(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayLike = 1.0, lower: ArrayLike = 0.0,
+             upper: ArrayLike = np.inf, integer: bool = False, tol: float = 1e-12, method: str = "bisection") -> Solution:
+    """Capacity allocation, MDL program A (Amaefuna et al., arXiv 2603.00910, the allocation program).
+
+    maximise sum_k q_k log(1 + r_k / beta_k)   s.t.  sum_k c_k r_k = B,  lower_k <= r_k <= upper_k
+    KKT: r_k(nu) = clip(q_k / (nu c_k) - beta_k, lower_k, upper_k). The spend sum_k c_k r_k(nu) is
+    non-increasing in nu, so bisection on nu (the taught path) or the sorted breakpoints
+    (`method="sorted"`, exact) give the unique optimum. q is normalised to the simplex first.
+    Special case beta -> 0, no bounds: r_k = B q_k / c_k.
+
+    `integer=True` returns whole units (ranks, experts) with sum_k c_k r_k <= B: see `_integer_greedy`.
+
+    By hand, three layers, unit cost, beta = 1: while every layer is free, sum_k (q_k / nu - 1) = B, so
+    nu = 1 / (B + 3). With B = 6: nu = 1/9 and r = 9 q - 1. With B = 1.5 the third layer would go below 0,
+    so it stays at its lower bound and the other two share the budget: (0.5 + 0.3) / nu - 2 = 1.5, nu = 8/35.
+
+    >>> sol = allocate([0.5, 0.3, 0.2], 6.0)
+    >>> sol.x.round(12), round(sol.nu, 12)
+    (array([3.5, 1.7, 0.8]), 0.111111111111)
+    >>> sol = allocate([0.5, 0.3, 0.2], 1.5, method="sorted")
+    >>> sol.x.round(12), round(sol.nu * 35, 12), sol.active_lower
+    (array([1.1875, 0.3125, 0.    ]), 8.0, array([False, False,  True]))
+    >>> allocate([0.5, 0.3, 0.2], 6, integer=True).x          # whole ranks: the largest marginal gains
+    array([3., 2., 1.])
+    """
+    problem = allocation_problem(q, budget, cost=cost, beta=beta, lower=lower, upper=upper, integer=integer)
+    _check_method(method)
+    budget, cost = problem.budget, problem.cost
+    scale = _budget_scale(cost, budget)     # cost and budget scale together: x is unchanged
+    scaled = problem if scale == 1.0 else replace(problem, budget=budget / scale, cost=_frozen(cost / scale))
+    with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):   # _answer judges extremes
+        sol = _integer_greedy(scaled) if integer else _solve(scaled, method, tol)
+        return _answer(_rescaled(sol, problem, scale), "A", tol)
+
+
+def prune(q: ArrayLike, sparsity: float, *, sizes: ArrayLike = 1.0, lower: ArrayLike = 0.0, upper: ArrayLike = 0.99,
+          penalty: str = "log", tol: float = 1e-12, method: str = "bisection") -> Solution:
+    """Per-layer sparsity, MDL program B (Amaefuna et al., arXiv 2603.00910, the pruning program).
+
+    minimise sum_k q_k phi(s_k)  s.t.  sum_k n_k s_k = S sum_k n_k,  lower_k <= s_k <= upper_k
+    phi(s) = -log(1 - s) ("log": the code length of the kept fraction) or s^2 / 2 ("quadratic").
+    KKT: log: s_k = clip(1 - q_k / (nu n_k)); quadratic: s_k = clip(nu n_k / q_k). The sparsity spent is
+    non-decreasing in nu, so bisection on nu finds the unique optimum. Low-gain layers are pruned more;
+    high-gain layers are protected.
+
+    By hand, three layers of equal size, log penalty, S = 0.5: while every layer is free,
+    sum_k (1 - q_k / nu) = 3 S, so nu = 1 / (3 (1 - S)) = 2/3 and s = 1 - 1.5 q.
+
+    >>> sol = prune([0.5, 0.3, 0.2], 0.5)
+    >>> sol.x.round(12), round(sol.nu, 12)
+    (array([0.25, 0.55, 0.7 ]), 0.666666666667)
+    >>> prune([0.5, 0.25, 0.25], 0.5, penalty="quadratic").x.round(12)   # s = nu / q, nu = 1.5 / sum(1/q) = 0.15
+    array([0.3, 0.6, 0.6])
+    """
+    problem = pruning_problem(q, sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
+    _check_method(method)
+    scale = _pow2_scale(problem.sizes)  # the budget is a share of sum n_k: x is unchanged by scaling n
+    scaled = problem if scale == 1.0 else replace(problem, sizes=_frozen(problem.sizes / scale))
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
         return _answer(_rescaled(_solve(scaled, method, tol), problem, scale), "B", tol)
 
@@ -550,7 +624,7 @@ def _integer_greedy(problem: AllocationProblem) -> Solution:
         nu = -g
         if r[i] < hi[i]:
             heapq.heappush(heap, (-gain(i), i))
-    return _finish(problem, r, nu, 0, integer=True)
+    return Solution.at(problem, r, nu, integer=True)
 
 
 # ----------------------------------------------------------------------------- certificate
@@ -642,16 +716,19 @@ class BatchAllocation:
     nu: np.ndarray      # (n,)
 
 
-def allocate_batch(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> BatchAllocation:
+def allocate_batch(q: ArrayLike, budget: ArrayLike, *, cost: ArrayLike = 1.0, beta: ArrayLike = 1.0,
+                   lower: ArrayLike = 0.0, upper: ArrayLike = np.inf) -> BatchAllocation:
     """Program A for n score vectors (rows of q) and n budgets at once, exact, vectorised over instances.
 
-    The same sorted-breakpoint path as `allocate(method="sorted")`: walking nu down from +inf, layer k
-    turns free at q_k / (c_k (beta_k + lower_k)) and saturates at q_k / (c_k (beta_k + upper_k)); between
-    breakpoints the spend is A / nu + B, so sorting the 2K breakpoints of every row (one argsort on an
-    (n, 2K) array) and one cumulative sum give each row's nu in closed form. For slider sweeps, regret
-    curves and bootstraps: thousands of instances cost about as much as a few single solves.
+    The routine of `allocate(method="sorted")` (`_sorted_levels`) on all rows together: one argsort of the
+    (n, 2K) breakpoints and one cumulative sum give each row's nu in closed form. For slider sweeps,
+    regret curves and bootstraps: thousands of instances cost about as much as a few single solves.
     Rows need every q_k > 0 and a budget strictly inside (sum c lower, sum c upper); bounds and costs
     are shared by the rows. No certificate: `verify(allocate(...))` certifies one instance.
+
+    >>> allocate_batch([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]], [6.0, 1.5]).x.round(12)   # see `allocate`
+    array([[3.5   , 1.7   , 0.8   ],
+           [0.    , 0.3125, 1.1875]])
     """
     q = np.atleast_2d(np.asarray(q, dtype=float))
     if q.ndim != 2 or not np.all(np.isfinite(q)) or np.any(q <= 0):
@@ -665,22 +742,10 @@ def allocate_batch(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Ba
     if not np.all((budget > lo) & (budget < hi)):
         i = int(np.flatnonzero(~((budget > lo) & (budget < hi)))[0])
         raise ValueError(f"budget[{i}] = {budget[i]:g} must lie strictly inside ({lo:g}, {hi:g}) for allocate_batch")
-    with np.errstate(divide="ignore", invalid="ignore"):
-        nus = np.concatenate([q / (cost * (beta + lower)), q / (cost * (beta + upper))], axis=1)
-        d_a = np.concatenate([q, -q], axis=1)                      # spend = A / nu + B between breakpoints
-        d_b = np.broadcast_to(np.concatenate([-cost * (beta + lower), cost * (beta + upper)]), (n, 2 * k))
-        order = np.argsort(-nus, axis=1, kind="stable")
-        nus = np.take_along_axis(nus, order, axis=1)
-        a = np.cumsum(np.take_along_axis(d_a, order, axis=1), axis=1)
-        b = np.cumsum(np.take_along_axis(d_b, order, axis=1), axis=1) + lo
-        # spend at each breakpoint, walking down in nu; nu = 0 "breakpoints" (infinite upper bounds) are
-        # never crossed: the spend grows without bound before them
-        reached = ((a / nus + b) >= budget[:, None]) | (nus == 0)
-    j = np.argmax(reached, axis=1)                                # first breakpoint where the budget is met
-    rows = np.arange(n)
-    prev = np.maximum(j - 1, 0)
-    nu = np.where(j == 0, nus[rows, 0], a[rows, prev] / (budget - b[rows, prev]))
-    x = np.clip(q / (nu[:, None] * cost) - beta, lower, upper)
+    problem = AllocationProblem(q=q, budget=budget, cost=cost, beta=beta, lower=lower, upper=upper)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        nu = _sorted_levels(problem)
+        x = problem.x_of_nu(nu[:, None])
     bad = ~(np.all(np.isfinite(x), axis=1) & np.isfinite(nu))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -689,60 +754,10 @@ def allocate_batch(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Ba
     return BatchAllocation(x=x, nu=nu)
 
 
-# ----------------------------------------------------------------------------- transfer regret
-
-@dataclass(frozen=True)
-class Regret:
-    """Transfer regret of allocating with source scores on the target program (see `regret_bound`)."""
-    regret: float         # F_T(x*(q_T)) - F_T(x*(q_S)) >= 0
-    delta: float          # ||q_T - q_S||_2 on the simplex
-    bound: float          # C * delta^2, always >= regret
-    constant: float       # C = L_q^2 / mu_T = kappa_T L_q^2 / L_T
-    mu: float             # strong-concavity modulus of F_T on the feasible box
-    smoothness: float     # L_T, smoothness modulus of F_T on the box
-    kappa: float          # L_T / mu_T, the target program's condition number
-    lipschitz_q: float    # L_q: ||grad F_q(x) - grad F_q'(x)|| <= L_q ||q - q'||
-    paper_bound: float    # kappa_T L_q^2 / (2 mu_T) delta^2: the smoothness route, valid when the active set does not change
-
-
-def regret_bound(q_source, q_target, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf) -> Regret:
-    """Transfer regret of program A and its O(delta^2) bound (arXiv 2603.00910, transfer theorem).
-
-    x_S = x*(q_S), x_T = x*(q_T) on the same feasible set E = {sum c r = B, lower <= r <= upper}.
-    Constants on the box (r_max_k = upper_k, or what the budget allows when upper is infinite):
-      mu_T  = min_k q_T,k / (beta_k + r_max_k)^2     (-F_T'' >= mu_T: strong concavity)
-      L_T   = max_k q_T,k / (beta_k + lower_k)^2     (-F_T'' <= L_T: smoothness)
-      L_q   = max_k 1 / (beta_k + lower_k)           (grad_r F_q = q / (beta + r) is L_q-Lipschitz in q)
-    Derivation: concavity gives R = F_T(x_T) - F_T(x_S) <= grad F_T(x_S)^T (x_T - x_S); optimality of
-    x_S for F_S gives grad F_S(x_S)^T (x_T - x_S) <= 0; subtracting, R <= L_q delta ||x_T - x_S||.
-    Strong monotonicity with both optimality conditions gives mu_T ||x_T - x_S||^2 <= L_q delta ||x_T - x_S||.
-    Hence R <= (L_q^2 / mu_T) delta^2 = (kappa_T L_q^2 / L_T) delta^2. The smoothness route of the
-    paper, R <= (L_T/2) ||x_T - x_S||^2 <= kappa_T L_q^2 / (2 mu_T) delta^2, needs the first-order term
-    grad F_T(x_T)^T (x_S - x_T) to vanish, which holds when no bound is active (or the active set is shared).
-    """
-    qs, qt = normalise(q_source), normalise(q_target)
-    if qs.size != qt.size:
-        raise ValueError(f"source and target scores need the same number of layers, got {qs.size} and {qt.size}")
-    src = allocate(qs, budget, cost=cost, beta=beta, lower=lower, upper=upper)
-    tgt = allocate(qt, budget, cost=cost, beta=beta, lower=lower, upper=upper)
-    p = tgt.problem
-    regret = max(0.0, p.objective(tgt.x) - p.objective(src.x))
-    delta = float(np.linalg.norm(qt - qs))
-    slack = p.budget - p.cost @ p.lower
-    r_max = np.minimum(p.upper, p.lower + slack / p.cost)
-    mu = float(np.min(qt / (p.beta + r_max) ** 2))
-    smooth = float(np.max(qt / (p.beta + p.lower) ** 2))
-    lip_q = float(np.max(1.0 / (p.beta + p.lower)))
-    with np.errstate(divide="ignore"):
-        const = lip_q**2 / mu if mu > 0 else np.inf
-        kappa = smooth / mu if mu > 0 else np.inf
-    return Regret(regret=regret, delta=delta, bound=const * delta**2, constant=const, mu=mu, smoothness=smooth,
-                  kappa=kappa, lipschitz_q=lip_q, paper_bound=kappa * lip_q**2 / (2 * mu) * delta**2 if mu > 0 else np.inf)
-
-
 # ----------------------------------------------------------------------------- teaching helpers
 
-def bisection_trace(solution_or_problem, tol=1e-12):
+def bisection_trace(solution_or_problem: Solution | AllocationProblem | PruningProblem, *,
+                    tol: float = 1e-12) -> list[tuple[float, float, float, float]]:
     """The bisection steps for a continuous problem: a list of (nu_lo, nu_hi, nu_mid, spend(nu_mid)).
 
     For the allocation widget: the bracket halves (in log nu) every step around the dual level.
@@ -756,7 +771,15 @@ def bisection_trace(solution_or_problem, tol=1e-12):
     return steps
 
 
-def budget_curve(solution_or_problem, nus) -> np.ndarray:
+def budget_curve(solution_or_problem: Solution | AllocationProblem | PruningProblem, nus: ArrayLike) -> np.ndarray:
     """sum_k w_k x_k(nu) for each nu: the monotone curve that bisection searches (water-filling picture)."""
     p = getattr(solution_or_problem, "problem", solution_or_problem)
     return np.array([_spend(p, p.x_of_nu(float(nu))) for nu in np.atleast_1d(nus)])
+
+
+def __getattr__(name: str):
+    """`mdl.regret_bound` and `mdl.Regret` live in `regret` (which imports this module): served lazily."""
+    if name in ("Regret", "regret_bound"):
+        from . import regret
+        return getattr(regret, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """Reference solutions of the two MDL programs with cvxpy (an independent solver, for checking `mdl`).
 
-The same programs as `layerq_nb.mdl`, stated as disciplined convex programs: the log terms become
-exponential cones, solved by Clarabel (interior point) by default with tightened tolerances, because
-its defaults leave ~1e-5 relative error in x on spiky q. No torch.
+The same programs as `layerq_nb.mdl` (Amaefuna et al., arXiv 2603.00910), stated as disciplined convex
+programs: the log terms become exponential cones, solved by Clarabel (interior point) by default with
+tightened tolerances, because its defaults leave ~1e-5 relative error in x on spiky q. No torch.
 
 Even at its tightest, an interior-point solution is only as accurate as its duality gap allows: for an
 objective with curvature mu, gap eps leaves up to sqrt(2 eps / mu) in x, and flat layers (small q,
@@ -11,7 +11,11 @@ OSQP's `polish`, the reference refines the solver's answer: it takes the active 
 (layers at a bound), runs Newton's method on the equality-constrained problem over the free layers, and
 keeps the result only if it is feasible and the bound multipliers have the right signs; otherwise it
 returns the solver's x unchanged. The refinement uses the objective's gradient and Hessian only, not
-the closed form x(nu) of `mdl`, so the comparison stays independent. `x_solver` keeps the solver's own x.
+the closed form x(nu) of `mdl`, so the comparison stays independent.
+
+`allocate` and `prune` return an `mdl.Solution` of the same `mdl` problem (checked by the same code, so
+bad input fails the same way), so `mdl.verify` certifies cvxpy's answer too; its `solver` field, a
+`SolverReport`, keeps cvxpy's status, timings and its own x before refinement.
 """
 from __future__ import annotations
 
@@ -20,26 +24,29 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from .mdl import normalise
+from .mdl import AllocationProblem, PruningProblem, Solution, allocation_problem, pruning_problem
 
-__all__ = ["ReferenceSolution", "allocate", "prune", "build_allocation", "build_prune"]
+__all__ = ["SolverReport", "allocate", "prune", "build_allocation", "build_prune"]
 
 TIGHT = {"CLARABEL": dict(tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-14,
                           max_iter=1000)}
 
 
 @dataclass(frozen=True, eq=False)
-class ReferenceSolution:
-    """What cvxpy returned: x, the dual level of the budget constraint, the objective and the status."""
-    x: np.ndarray
-    nu: float
-    objective: float
-    status: str
-    build_seconds: float
+class SolverReport:
+    """How cvxpy reached a reference solution (`mdl.Solution.solver`)."""
+    name: str                 # the cvxpy solver, e.g. "CLARABEL"
+    status: str               # cvxpy's status: "optimal", "optimal_inaccurate", ...
+    build_seconds: float      # checking the data and stating the program in cvxpy
     solve_seconds: float
-    polished: bool = False            # x and nu come from the active-set Newton refinement
-    x_solver: np.ndarray | None = None   # the solver's own x, before refinement
+    polished: bool            # x and nu come from the active-set Newton refinement (`_polish`)
+    x_solver: np.ndarray      # the solver's own x, before refinement
+    objective_solver: float   # the solver's own objective value
+
+
+ReferenceSolution = Solution     # the former result type's name: a reference answer is an `mdl.Solution` now
 
 
 def _cvxpy():
@@ -50,11 +57,7 @@ def _cvxpy():
     return cp
 
 
-def _broadcast(value, k):
-    return np.broadcast_to(np.asarray(value, dtype=float), (k,)).copy()
-
-
-def _box(cp, x, lower, upper):
+def _box(x, lower, upper):
     cons = [x >= lower]
     finite = np.isfinite(upper)
     if finite.any():
@@ -62,40 +65,40 @@ def _box(cp, x, lower, upper):
     return cons
 
 
-def build_allocation(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf):
-    """Program A as a cvxpy problem: max sum q_k log(beta_k + r_k) (= the objective up to a constant)."""
+def _program_a(p: AllocationProblem):
+    """Program A in cvxpy: max sum q_k log(beta_k + r_k) (= the objective up to the returned offset)."""
     cp = _cvxpy()
-    q = normalise(q)
-    k = q.size
-    cost, beta, lower, upper = (_broadcast(v, k) for v in (cost, beta, lower, upper))
     # the budget and the lower bounds imply r_k <= lower_k + (B - c.lower) / c_k; a looser copy of that
     # bound (never active, so the duals are unchanged) keeps the interior-point iterates bounded when
     # upper is infinite: better accuracy, same problem
-    upper = np.minimum(upper, lower + 2.0 * (float(budget) - cost @ lower) / cost + 1.0)
-    r = cp.Variable(k)
-    budget_con = cost @ r == float(budget)
-    objective = cp.Maximize(q @ cp.log(beta + r))
-    problem = cp.Problem(objective, [budget_con, *_box(cp, r, lower, upper)])
-    offset = float(np.sum(q * np.log(beta)))     # log(1 + r/beta) = log(beta + r) - log(beta)
-    return problem, r, budget_con, offset
+    upper = np.minimum(p.upper, p.lower + 2.0 * (p.budget - p.cost @ p.lower) / p.cost + 1.0)
+    r = cp.Variable(p.q.size)
+    budget = p.cost @ r == p.budget
+    program = cp.Problem(cp.Maximize(p.q @ cp.log(p.beta + r)), [budget, *_box(r, p.lower, upper)])
+    offset = float(np.sum(p.q * np.log(p.beta)))     # log(1 + r/beta) = log(beta + r) - log(beta)
+    return program, r, budget, offset
 
 
-def build_prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log"):
-    """Program B as a cvxpy problem: min sum q_k phi(s_k), phi = -log(1 - s) or s^2/2."""
+def _program_b(p: PruningProblem):
+    """Program B in cvxpy: min sum q_k phi(s_k), phi = -log(1 - s) or s^2/2."""
     cp = _cvxpy()
-    q = normalise(q)
-    k = q.size
-    sizes, lower, upper = (_broadcast(v, k) for v in (sizes, lower, upper))
-    s = cp.Variable(k)
-    budget_con = sizes @ s == float(sparsity) * float(sizes.sum())
-    if penalty == "log":
-        cost = -(q @ cp.log(1 - s))
-    elif penalty == "quadratic":
-        cost = 0.5 * (q @ cp.square(s))
-    else:
-        raise ValueError(f"penalty must be 'log' or 'quadratic', got {penalty!r}")
-    problem = cp.Problem(cp.Minimize(cost), [budget_con, *_box(cp, s, lower, upper)])
-    return problem, s, budget_con, 0.0
+    s = cp.Variable(p.q.size)
+    budget = p.sizes @ s == p.target
+    loss = -(p.q @ cp.log(1 - s)) if p.penalty == "log" else 0.5 * (p.q @ cp.square(s))
+    program = cp.Problem(cp.Minimize(loss), [budget, *_box(s, p.lower, p.upper)])
+    return program, s, budget, 0.0
+
+
+def build_allocation(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayLike = 1.0,
+                     lower: ArrayLike = 0.0, upper: ArrayLike = np.inf):
+    """Program A as a cvxpy problem: (problem, variable r, budget constraint, objective offset)."""
+    return _program_a(allocation_problem(q, budget, cost=cost, beta=beta, lower=lower, upper=upper))
+
+
+def build_prune(q: ArrayLike, sparsity: float, *, sizes: ArrayLike = 1.0, lower: ArrayLike = 0.0,
+                upper: ArrayLike = 0.99, penalty: str = "log"):
+    """Program B as a cvxpy problem: (problem, variable s, budget constraint, objective offset 0)."""
+    return _program_b(pruning_problem(q, sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty))
 
 
 def _derivatives(kind, q, x, beta):
@@ -110,12 +113,12 @@ def _derivatives(kind, q, x, beta):
 def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
     """Active-set Newton refinement: (x, nu) or None when the solver's active set does not certify.
 
-    Layers with q > 0 within 1e-7 of a bound are fixed there; on the free set F, Newton's method for
+    Layers within 1e-7 of a bound are fixed there; on the free set F of the others, Newton's method for
     min F(x) s.t. w.x = target, whose KKT step with a diagonal Hessian h is
-    lam = -(r + w_F.(g/h)) / (w_F.(w_F/h)),  dx = -(g + lam w_F) / h   (r = target - w.x),
+    dual = -(r + w_F.(g/h)) / (w_F.(w_F/h)),  dx = -(g + dual w_F) / h   (r = target - w.x),
     halving the step to stay in the domain. Accepted if x_F stays inside its bounds and each fixed
-    layer's multiplier g_k + lam w_k has the sign its bound needs (>= 0 at lower, <= 0 at upper).
-    nu = |lam|, the dual level of the budget in `mdl`'s convention.
+    layer's multiplier g_k + dual w_k has the sign its bound needs (>= 0 at lower, <= 0 at upper).
+    nu = |dual|, the dual level of the budget in `mdl`'s convention.
     """
     x = np.clip(np.asarray(x, float), lower, upper)
     pos = q > 0
@@ -125,8 +128,8 @@ def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
     near_upper[finite] = x[finite] >= upper[finite] - 1e-7 * np.maximum(1.0, np.abs(upper[finite]))
     if np.any(~pos & ~near_lower & ~near_upper):
         return _polish_flat(kind, q, x, weights, target, lower, upper, beta, ~pos & ~near_lower & ~near_upper)
-    at_lower = pos & near_lower
-    at_upper = pos & ~at_lower & near_upper
+    at_lower = near_lower                  # zero-score layers too: left 1e-9 off, they would read as free
+    at_upper = ~at_lower & near_upper
     x = np.where(at_lower, lower, np.where(at_upper, upper, x))
     free = pos & ~at_lower & ~at_upper
     if not free.any():
@@ -137,8 +140,8 @@ def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
         xf = x[free]
         g, h, _ = _derivatives(kind, q[free], xf, b)
         r = target - weights @ x
-        lam = -(r + w @ (g / h)) / (w @ (w / h))
-        dx = -(g + lam * w) / h
+        dual = -(r + w @ (g / h)) / (w @ (w / h))
+        dx = -(g + dual * w) / h
         step = 1.0
         while not _derivatives(kind, q[free], xf + step * dx, b)[2] and step > 1e-12:
             step /= 2
@@ -146,19 +149,19 @@ def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
         if np.max(np.abs(step * dx)) <= 1e-15 * max(1.0, float(np.max(np.abs(xf)))):
             break
     g_all, _, _ = _derivatives(kind, q, x, beta)
-    lam = -float(np.mean(g_all[free] / w))     # stationarity on F: g_k + lam w_k = 0 for every free k
+    dual = -float(np.mean(g_all[free] / w))     # stationarity on F: g_k + dual w_k = 0 for every free k
     tol_x = 1e-12 * np.maximum(1.0, np.abs(x))
-    mult = g_all + lam * weights
+    bound_mult = g_all + dual * weights
     scale = 1e-8 * float(np.max(np.abs(g_all[pos])))
     ok = (np.all(x[free] >= lower[free] - tol_x[free]) and np.all(x[free] <= upper[free] + tol_x[free])
-          and np.all(mult[at_lower] >= -scale) and np.all(mult[at_upper] <= scale)
+          and np.all(bound_mult[at_lower] >= -scale) and np.all(bound_mult[at_upper] <= scale)
           and abs(weights @ x - target) <= 1e-12 * max(1.0, abs(target)))
-    return (x, abs(lam)) if ok else None
+    return (x, abs(dual)) if ok else None
 
 
 def _polish_flat(kind, q, x, weights, target, lower, upper, beta, movable):
-    """The solver left a zero-score layer strictly inside its bounds: its stationarity 0 + lam w_k = 0
-    forces lam = 0, so every scored layer sits at the bound its own gradient picks (lower where
+    """The solver left a zero-score layer strictly inside its bounds: its stationarity 0 + dual w_k = 0
+    forces dual = 0, so every scored layer sits at the bound its own gradient picks (lower where
     g_k >= 0, upper where g_k < 0) and the zero-score layers absorb the rest of the budget (any split is
     optimal: the objective is flat in them; each moves in proportion to its room towards the bound)."""
     pos = q > 0
@@ -178,56 +181,44 @@ def _polish_flat(kind, q, x, weights, target, lower, upper, beta, movable):
     return (x, 0.0) if ok else None
 
 
-def _solve(built, solver, build_seconds, polish=None):
-    problem, x, budget_con, offset = built
-    opts = TIGHT.get(solver, {})
+def _solve(problem: AllocationProblem | PruningProblem, solver: str, polish: bool, t0: float) -> Solution:
+    """Solve `problem` with cvxpy, refine (`_polish`) unless told not to, and restate it as an `mdl.Solution`."""
+    is_a = isinstance(problem, AllocationProblem)
+    program, x, budget, offset = (_program_a if is_a else _program_b)(problem)
+    build_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with warnings.catch_warnings():     # "may be inaccurate" is kept in .status ("optimal_inaccurate")
+    with warnings.catch_warnings():     # "may be inaccurate" is kept in the status ("optimal_inaccurate")
         warnings.filterwarnings("ignore", message="Solution may be inaccurate")
-        problem.solve(solver=solver, **opts)
+        program.solve(solver=solver, **TIGHT.get(solver, {}))
     solve_seconds = time.perf_counter() - t0
     if x.value is None:
-        raise RuntimeError(f"cvxpy ({solver}) found no solution: status {problem.status}")
+        raise RuntimeError(f"cvxpy ({solver}) found no solution: status {program.status}")
     # cvxpy's dual of an equality constraint follows its own sign convention; the KKT level nu >= 0
-    nu = abs(float(np.atleast_1d(budget_con.dual_value)[0]))
+    nu = abs(float(np.atleast_1d(budget.dual_value)[0]))
     x_solver = np.asarray(x.value, float)
-    objective = float(problem.value) - offset
-    refined = polish(x_solver) if polish is not None else None
-    if refined is not None:
-        x_best, nu, objective = refined
-    return ReferenceSolution(x=x_best if refined is not None else x_solver, nu=nu, objective=objective,
-                             status=str(problem.status), build_seconds=build_seconds, solve_seconds=solve_seconds,
-                             polished=refined is not None, x_solver=x_solver)
+    refined = None
+    if polish:
+        kind, beta = ("allocate", problem.beta) if is_a else (problem.penalty, None)
+        refined = _polish(kind, problem.q, x_solver, problem.weights, problem.target, problem.lower, problem.upper,
+                          beta=beta)
+    x_best, nu = refined if refined is not None else (x_solver, nu)
+    report = SolverReport(name=solver, status=str(program.status), build_seconds=build_seconds,
+                          solve_seconds=solve_seconds, polished=refined is not None, x_solver=x_solver,
+                          objective_solver=float(program.value) - offset)
+    return Solution.at(problem, x_best, nu, solver=report)
 
 
-def allocate(q, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf, solver="CLARABEL",
-             polish=True) -> ReferenceSolution:
+def allocate(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayLike = 1.0, lower: ArrayLike = 0.0,
+             upper: ArrayLike = np.inf, solver: str = "CLARABEL", polish: bool = True) -> Solution:
     """Reference for `mdl.allocate` (program A), solved by cvxpy (refined by `_polish` unless polish=False)."""
     t0 = time.perf_counter()
-    built = build_allocation(q, budget, cost, beta, lower, upper)
-    q = normalise(q)
-    cost, beta, lower, upper = (_broadcast(v, q.size) for v in (cost, beta, lower, upper))
-
-    def refine(x):
-        out = _polish("allocate", q, x, cost, float(budget), lower, upper, beta=beta)
-        if out is None:
-            return None
-        return (*out, float(np.sum(q * np.log1p(out[0] / beta))))
-    return _solve(built, solver, time.perf_counter() - t0, refine if polish else None)
+    problem = allocation_problem(q, budget, cost=cost, beta=beta, lower=lower, upper=upper)
+    return _solve(problem, solver, polish, t0)
 
 
-def prune(q, sparsity, sizes=1.0, lower=0.0, upper=0.99, penalty="log", solver="CLARABEL",
-          polish=True) -> ReferenceSolution:
+def prune(q: ArrayLike, sparsity: float, *, sizes: ArrayLike = 1.0, lower: ArrayLike = 0.0, upper: ArrayLike = 0.99,
+          penalty: str = "log", solver: str = "CLARABEL", polish: bool = True) -> Solution:
     """Reference for `mdl.prune` (program B), solved by cvxpy (refined by `_polish` unless polish=False)."""
     t0 = time.perf_counter()
-    built = build_prune(q, sparsity, sizes, lower, upper, penalty)
-    q = normalise(q)
-    sizes, lower, upper = (_broadcast(v, q.size) for v in (sizes, lower, upper))
-
-    def refine(x):
-        out = _polish(penalty, q, x, sizes, float(sparsity) * float(sizes.sum()), lower, upper)
-        if out is None:
-            return None
-        cost = -np.sum(q * np.log1p(-out[0])) if penalty == "log" else np.sum(q * out[0] ** 2 / 2)
-        return (*out, float(cost))
-    return _solve(built, solver, time.perf_counter() - t0, refine if polish else None)
+    problem = pruning_problem(q, sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
+    return _solve(problem, solver, polish, t0)
