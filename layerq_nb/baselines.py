@@ -1,12 +1,18 @@
-"""Baseline layer scores (the baselines LayerIF compares with, arXiv 2505.23811, section 4), each a LayerScores over decoder blocks.
+"""Baseline layer scores (the baselines LayerIF compares with: Askari et al., "LayerIF: Estimating Layer
+Quality for Large Language Models using Influence Functions", arXiv 2505.23811, section 4), each a
+LayerScores over decoder blocks.
 
-- ShortGPT block influence (Men et al. 2024): BI_k = 1 - E_t cos(x_k,t, x_k+1,t), the hidden state
+- ShortGPT block influence (Men et al., "ShortGPT: Layers in Large Language Models are More Redundant Than
+  You Expect", arXiv 2403.03853, Block Influence): BI_k = 1 - E_t cos(x_k,t, x_k+1,t), the hidden state
   entering and leaving block k. Low BI: the block barely changes the residual stream.
-- OWL layer outlier ratio (Yin et al. 2024): with the Wanda metric A_ij = |W_ij| ||X_j||_2 over all
-  linear maps of a block, LOD_k = 100 * #{A > M mean(A_k)} / numel(A_k), M = 5. More outliers: prune less.
-- AlphaPruning heavy-tail exponent (Lu et al. 2024): the Hill estimator on the eigenvalues of W^T W
-  per matrix (xmin chosen by the Kolmogorov-Smirnov distance near the histogram peak), averaged over
-  a block's matrices. Higher alpha: less trained, prune more.
+- OWL layer outlier ratio (Yin et al., "Outlier Weighed Layerwise Sparsity (OWL)", arXiv 2310.05175,
+  section 3): with the Wanda metric A_ij = |W_ij| ||X_j||_2 over all linear maps of a block,
+  LOD_k = 100 * #{A > M mean(A_k)} / numel(A_k), M = 5. More outliers: prune less.
+- AlphaPruning heavy-tail exponent (Lu et al., "AlphaPruning: Using Heavy-Tailed Self Regularization Theory
+  for Improved Layer-wise Pruning of Large Language Models", arXiv 2410.10912, section 3): the Hill
+  estimator on the eigenvalues of W^T W per matrix (xmin chosen by the Kolmogorov-Smirnov distance near the
+  histogram peak, as Clauset, Shalizi, Newman, "Power-law distributions in empirical data", arXiv 0706.1062,
+  section 3.3), averaged over a block's matrices. Higher alpha: less trained, prune more.
 - uniform: every layer alike.
 """
 from __future__ import annotations
@@ -40,6 +46,7 @@ def _forward_hooks(pairs):
 
 
 def _run(model, blocks: Blocks, batch_size: int, on_batch=None):
+    """The model over `blocks` without gradients; on_batch(token mask) runs before each batch."""
     device = next(model.parameters()).device
     with torch.no_grad():
         for batch in blocks.batches(batch_size):
@@ -49,7 +56,7 @@ def _run(model, blocks: Blocks, batch_size: int, on_batch=None):
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
 
 
-def block_influence(model, blocks: Blocks, batch_size: int = 4) -> LayerScores:
+def block_influence(model, blocks: Blocks, *, batch_size: int = 4) -> LayerScores:
     """ShortGPT's BI_k = 1 - mean over unpadded tokens of cos(block input, block output)."""
     found = find_layers(model)
     sums, count, state = np.zeros(len(found)), [0], {}
@@ -70,7 +77,7 @@ def block_influence(model, blocks: Blocks, batch_size: int = 4) -> LayerScores:
                        metadata=dict(task=blocks.task, tokens=count[0]))
 
 
-def input_norms(model, blocks: Blocks, batch_size: int = 4) -> dict:
+def input_norms(model, blocks: Blocks, *, batch_size: int = 4) -> dict[tuple[int, str], torch.Tensor]:
     """||X_j||_2 per (layer, module): the norm of input feature j over all unpadded calibration tokens
     (Wanda's activation statistic)."""
     sq, state = {}, {}
@@ -86,9 +93,11 @@ def input_norms(model, blocks: Blocks, batch_size: int = 4) -> dict:
     return {k: v.sqrt() for k, v in sq.items()}
 
 
-def outlier_ratio(model, blocks: Blocks, m: float = 5.0, batch_size: int = 4, norms: dict | None = None) -> LayerScores:
-    """OWL's layer outlier distribution: percent of Wanda scores above m times their block's mean."""
-    norms = norms if norms is not None else input_norms(model, blocks, batch_size)
+def outlier_ratio(model, blocks: Blocks, *, m: float = 5.0, batch_size: int = 4,
+                  norms: dict | None = None) -> LayerScores:
+    """OWL's layer outlier distribution: percent of Wanda scores above m times their block's mean.
+    norms: `input_norms(model, blocks)` when already computed."""
+    norms = norms if norms is not None else input_norms(model, blocks, batch_size=batch_size)
     values = []
     for layer in find_layers(model):
         scores = torch.cat([(weight_matrix(mod).detach().float().abs() * norms[(layer.index, n)][None, :]).reshape(-1)
@@ -98,7 +107,7 @@ def outlier_ratio(model, blocks: Blocks, m: float = 5.0, batch_size: int = 4, no
                        metadata=dict(task=blocks.task, m=m))
 
 
-def hill_alpha(eigenvalues: np.ndarray, bins: int = 100) -> float:
+def hill_alpha(eigenvalues: np.ndarray, *, bins: int = 100) -> float:
     """Power-law exponent of an eigenvalue spectrum by the Hill/MLE estimator with KS-selected xmin
     (AlphaPruning's `xmin_peak`): for xmin = lambda_i and the n = N - i eigenvalues above it,
     alpha = 1 + n / (sum_{j >= i} ln lambda_j - n ln lambda_i); xmin candidates run up to 1.5 x the
@@ -140,5 +149,6 @@ def heavy_tail_alpha(model) -> LayerScores:
 
 
 def uniform(model) -> LayerScores:
+    """Every layer alike: 1 per decoder block."""
     names = _names(model)
     return LayerScores(method="uniform", values=np.ones(len(names)), names=names, metadata={})

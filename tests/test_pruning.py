@@ -14,20 +14,20 @@ from layerq_nb.pruning import magnitude_mask, sparsegpt, sparsity_map, wanda_mas
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.sampled_from(pruning.MAPS), st.floats(0.2, 0.7), st.integers(4, 12), st.integers(0, 2**31 - 1),
+@given(st.sampled_from(pruning.MAP_KINDS), st.floats(0.2, 0.7), st.integers(4, 12), st.integers(0, 2**31 - 1),
        st.booleans())
 def test_every_map_keeps_the_global_sparsity(kind, sparsity, k, seed, reverse):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(50, 200, k).astype(float)
     scores = rng.uniform(0.1, 5.0, k)
-    s = sparsity_map(kind, sparsity, sizes, scores, epsilon=0.2, lam=0.08, band=0.15, reverse=reverse)
+    s = sparsity_map(kind, sparsity, sizes, scores, epsilon=0.2, owl_lambda=0.08, band=0.15, reverse=reverse)
     assert sizes @ s / sizes.sum() == pytest.approx(sparsity, abs=1e-9)
     assert np.all(s >= 0) and np.all(s <= 0.99)
 
 
 def test_map_directions():
     sizes, metric = np.ones(5), np.array([1.0, 2.0, 3.0, 4.0, 5.0])
-    owl = sparsity_map("owl", 0.5, sizes, metric, lam=0.08)          # more outliers -> less pruning
+    owl = sparsity_map("owl", 0.5, sizes, metric, owl_lambda=0.08)          # more outliers -> less pruning
     assert np.all(np.diff(owl) < 0) and owl.max() - owl.min() == pytest.approx(0.16)
     alpha = sparsity_map("alphapruning", 0.5, sizes, metric, epsilon=0.3)   # higher alpha -> more pruning
     np.testing.assert_allclose(alpha, 0.5 * np.linspace(0.7, 1.3, 5))
@@ -106,7 +106,7 @@ def calibration(tiny):
     return load_task("prose", tiny[1], split="train", n_blocks=4, block_size=32)
 
 
-@pytest.mark.parametrize("method", pruning.METHODS)
+@pytest.mark.parametrize("method", pruning.PRUNE_METHODS)
 def test_pruned_model_hits_targets_and_comes_back(tiny, calibration, method):
     from layerq_nb.evaluate import mean_loss
     model = tiny[0]
@@ -135,9 +135,9 @@ def test_pruned_restores_after_errors(tiny, calibration):
 
 
 def test_maps_from_the_model_and_a_sweep(tiny, calibration):
-    from layerq_nb.pruning import SPECS, map_functions, plot_sweep, prune_sweep
+    from layerq_nb.pruning import MAP_SPECS, map_functions, plot_sweep, prune_sweep
     model = tiny[0]
-    maps = map_functions(model, calibration, calibration, [*SPECS, "owl-reverse"], epsilon=0.5, progress=False)
+    maps = map_functions(model, calibration, calibration, [*MAP_SPECS, "owl-reverse"], epsilon=0.5, progress=False)
     sizes = pruning.layer_sizes(model)
     for name, fn in maps.items():
         assert sizes @ fn(0.5) / sizes.sum() == pytest.approx(0.5), name

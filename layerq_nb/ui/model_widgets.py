@@ -202,10 +202,6 @@ METHOD_NOTES = {
 }
 
 
-def _values(scores):
-    return np.asarray(getattr(scores, "values", scores), dtype=float)
-
-
 class Pruning(Stepper):
     """Program B (KKT, bisection on nu, cvxpy) -> the per-layer sparsity map -> the chosen method's mask
     of one matrix -> perplexity dense and pruned, weights restored.
@@ -226,16 +222,17 @@ class Pruning(Stepper):
                  batch_size: int = 1, scores=None, band: float | None = 0.1, penalty: str = "log",
                  with_reference: bool = True, evaluate_on_arrival: bool = True):
         from ..models import layers
-        from ..pruning import MAPS, METHODS, layer_sizes
+        from ..pruning import MAP_KINDS, PRUNE_METHODS, layer_sizes, mdl_gains
         self.model, self.calibration, self.evaluation, self.batch_size = model, calibration, evaluation, batch_size
         self.found = layers(model)
         self.sizes = layer_sizes(model)
         self.band, self.with_reference, self.evaluate_on_arrival = band, with_reference, evaluate_on_arrival
         maps = dict(maps or {})
         for name, spec in maps.items():
-            if not callable(spec) and spec is not None and st.map_kind(name) not in MAPS:
-                raise ValueError(f"map {name!r}: name a map kind ({', '.join(MAPS)}, 'mdl-<scores>', '<kind>-reverse') "
-                                 "for per-layer scores, or give a function sparsity -> per-layer sparsity")
+            if not callable(spec) and spec is not None and st.map_kind(name) not in MAP_KINDS:
+                raise ValueError(f"map {name!r}: name a map kind ({', '.join(MAP_KINDS)}, 'mdl-<scores>', "
+                                 "'<kind>-reverse') for per-layer scores, or give a function sparsity -> per-layer "
+                                 "sparsity")
         mdl_maps = [n for n, spec in maps.items() if st.map_kind(n) == "mdl" and spec is not None and not callable(spec)]
         if scores is None:
             if mdl_maps:
@@ -246,7 +243,7 @@ class Pruning(Stepper):
         if not mdl_maps:
             maps["mdl"] = scores
         self.scores = scores
-        self.q = np.clip(_values(scores), 0, None)         # as sparsity_map("mdl") takes them
+        self.q = mdl_gains(scores)                          # as sparsity_map("mdl") takes them
         if self.q.size != len(self.found):
             raise ValueError(f"program B needs one score per layer ({len(self.found)}), got {self.q.size}")
         self.maps = {"uniform": None, **maps}
@@ -263,7 +260,7 @@ class Pruning(Stepper):
                                         description="phi(s)")
         self.trace_step = widgets.IntSlider(0, 0, 0, description="bisection", layout=widgets.Layout(width="420px"))
         self.map = widgets.Dropdown(options=list(self.maps), value=(mdl_maps or ["mdl"])[0], description="map")
-        self.method = widgets.Dropdown(options=list(METHODS), value="wanda", description="method")
+        self.method = widgets.Dropdown(options=list(PRUNE_METHODS), value="wanda", description="method")
         self.module = widgets.Dropdown(options=list(self.found[0].linears), description="matrix")
         self.stack = LayerStack([layer.name for layer in self.found], np.zeros(len(self.found)), label="s_k")
         self.heatmap = MaskHeatmap()

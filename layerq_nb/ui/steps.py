@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import mdl
+from ..pruning.maps import map_kind
 
 __all__ = [
     "Isolation", "gradient_isolation", "CurvatureStudy", "curvature_study", "NewtonLine", "newton_line",
@@ -428,12 +429,6 @@ def pruning_program(q, sparsity: float, sizes, lower=0.0, upper=0.99, penalty: s
 
 # ----------------------------------------------------------------------------- pruning: the per-layer maps
 
-def map_kind(name: str) -> str:
-    """The `pruning.MAPS` kind a map's name stands for: "mdl", "mdl-zeta2" -> "mdl"; "owl-reverse" -> "owl"."""
-    base = name.removesuffix("-reverse")
-    return "mdl" if base.startswith("mdl") else base.split("-")[0]
-
-
 @dataclass(frozen=True)
 class SparsityMaps:
     """Every offered map's per-layer sparsity s_k at one global sparsity S."""
@@ -551,9 +546,9 @@ def matrix_mask(weight, method: str, sparsity: float, inputs: LayerInputs | None
     """The mask `method` gives one (d_out, d_in) matrix at sparsity s, with the public functions of
     `pruning`: magnitude_mask (whole matrix), wanda_mask (|W_ij| ||X_j|| per output row) or sparsegpt
     (OBS on H = sum_t a_t a_t^T, which also updates the surviving weights)."""
-    from ..pruning import METHODS, magnitude_mask, sparsegpt, wanda_mask
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}: use one of {', '.join(METHODS)}")
+    from ..pruning import PRUNE_METHODS, magnitude_mask, sparsegpt, wanda_mask
+    if method not in PRUNE_METHODS:
+        raise ValueError(f"unknown pruning method {method!r}: use one of {', '.join(PRUNE_METHODS)}")
     have = inputs is not None and module in inputs.hessian
     if method != "magnitude" and not have:
         raise ValueError(f"{method} needs calibration statistics of the matrix: pass inputs=layer_inputs(...) "
