@@ -19,12 +19,13 @@ Numpy only: the math can be taught and tested without torch.
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from .integer import check_swaps, greedy
 
 if TYPE_CHECKING:
     from .reference import SolverReport
@@ -98,26 +99,26 @@ class AllocationProblem:
     sense = "max"
 
     @property
-    def weights(self):          # the budget's coefficients c_k
+    def weights(self) -> np.ndarray:    # the budget's coefficients c_k
         return self.cost
 
     @property
-    def target(self):
+    def target(self) -> float:
         return self.budget
 
-    def x_of_nu(self, nu):
+    def x_of_nu(self, nu: float | np.ndarray) -> np.ndarray:
         """KKT: q_k / (beta_k + r_k) = nu c_k  =>  r_k(nu) = clip(q_k / (nu c_k) - beta_k, lower, upper)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             r = np.where(self.q > 0, self.q / (nu * self.cost) - self.beta, -np.inf)
         return np.clip(r, self.lower, self.upper)
 
-    def objective(self, x):
+    def objective(self, x: np.ndarray) -> float:
         return float(np.sum(self.q * np.log1p(x / self.beta)))
 
-    def gradient(self, x):
+    def gradient(self, x: np.ndarray) -> np.ndarray:
         return self.q / (self.beta + x)
 
-    def free_form(self):
+    def free_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
         """Breakpoints and spend coefficients: w_k r_k = a_k / nu + b_k while layer k is free."""
         with np.errstate(divide="ignore"):
             at_lower = self.q / (self.cost * (self.beta + self.lower))   # r_k hits lower at nu >= this
@@ -137,14 +138,14 @@ class PruningProblem:
     sense = "min"
 
     @property
-    def weights(self):          # the budget's coefficients n_k
+    def weights(self) -> np.ndarray:    # the budget's coefficients n_k
         return self.sizes
 
     @property
-    def target(self):
+    def target(self) -> float:
         return self.sparsity * float(self.sizes.sum())
 
-    def x_of_nu(self, nu):
+    def x_of_nu(self, nu: float | np.ndarray) -> np.ndarray:
         """KKT: q_k phi'(s_k) = nu n_k. log: s_k = 1 - q_k/(nu n_k); quadratic: s_k = nu n_k / q_k; clipped."""
         with np.errstate(divide="ignore", invalid="ignore"):
             if self.penalty == "log":
@@ -153,15 +154,15 @@ class PruningProblem:
                 s = np.where(self.q > 0, nu * self.sizes / self.q, np.inf)
         return np.clip(s, self.lower, self.upper)
 
-    def objective(self, x):
+    def objective(self, x: np.ndarray) -> float:
         if self.penalty == "log":
             return float(np.sum(self.q * -np.log1p(-x)))
         return float(np.sum(self.q * x**2 / 2))
 
-    def gradient(self, x):
+    def gradient(self, x: np.ndarray) -> np.ndarray:
         return self.q / (1.0 - x) if self.penalty == "log" else self.q * x
 
-    def free_form(self):
+    def free_form(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
         n, q = self.sizes, self.q
         if self.penalty == "log":        # n_k s_k = n_k - q_k / nu
             return q / (n * (1 - self.lower)), q / (n * (1 - self.upper)), -q, n.copy(), "inverse"
@@ -200,17 +201,9 @@ class Solution:
         return replace(sol, kkt_residual=_kkt_residual(sol))
 
     # cvxpy's report under the names notebooks 04 and 05 read (`ref.status`, `ref.polished`, `ref.x_solver`)
-    @property
-    def status(self) -> str:
-        return self._report().status
-
-    @property
-    def polished(self) -> bool:
-        return self._report().polished
-
-    @property
-    def x_solver(self) -> np.ndarray:
-        return self._report().x_solver
+    status = property(lambda self: self._report().status)
+    polished = property(lambda self: self._report().polished)
+    x_solver = property(lambda self: self._report().x_solver)
 
     def _report(self) -> SolverReport:
         if self.solver is None:
@@ -358,6 +351,11 @@ def _sorted_levels(problem: AllocationProblem | PruningProblem) -> np.ndarray:
     return np.where((j == 0) | (a_j == 0), nus[rows, j], root)   # j == 0: the target is met at a breakpoint
 
 
+def _sorted_exact(problem: AllocationProblem | PruningProblem) -> float:
+    """The exact nu of one instance (`_sorted_levels` on a single row)."""
+    return float(_sorted_levels(problem)[0])
+
+
 def _solve(problem, method, tol):
     lo_end, hi_end = _saturation(problem)
     t = problem.target
@@ -366,7 +364,7 @@ def _solve(problem, method, tol):
     if method == "bisection":
         nu, it = _bisect(problem, tol)
     elif method == "sorted":
-        nu, it = float(_sorted_levels(problem)[0]), 0
+        nu, it = _sorted_exact(problem), 0
     else:
         raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
     return Solution.at(problem, problem.x_of_nu(nu), nu, iterations=it)
@@ -518,7 +516,7 @@ def allocate(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayL
     (`method="sorted"`, exact) give the unique optimum. q is normalised to the simplex first.
     Special case beta -> 0, no bounds: r_k = B q_k / c_k.
 
-    `integer=True` returns whole units (ranks, experts) with sum_k c_k r_k <= B: see `_integer_greedy`.
+    `integer=True` returns whole units (ranks, experts) with sum_k c_k r_k <= B: see `integer.greedy`.
 
     By hand, three layers, unit cost, beta = 1: while every layer is free, sum_k (q_k / nu - 1) = B, so
     nu = 1 / (B + 3). With B = 6: nu = 1/9 and r = 9 q - 1. With B = 1.5 the third layer would go below 0,
@@ -579,51 +577,9 @@ def _frozen(arr: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- integer allocation
 
 def _integer_greedy(problem: AllocationProblem) -> Solution:
-    """Whole units by greedy marginal gain per cost, warm-started at floor of the continuous optimum.
-
-    Each step adds one unit to the layer with the largest gain per cost
-    Delta_k(r) / c_k = q_k [log(beta_k + r + 1) - log(beta_k + r)] / c_k among those whose unit still fits.
-
-    Exactly optimal for equal costs. Proof: each f_k(r) = q_k log(1 + r/beta_k) is concave, so its
-    marginal gains Delta_k(0) >= Delta_k(1) >= ... decrease. A feasible integer point with sum r = m is
-    a choice of m units, and its value is the sum of the chosen gains, provided each layer's units are
-    taken as a prefix -- which decreasing gains make optimal. So the best value is the sum of the m
-    largest gains over all layers, which is what greedy picks (exchange argument: swapping a chosen unit
-    for a larger unchosen one never lowers the value). The warm start keeps optimality: every unit below
-    floor(x*_k) has gain >= f'_k(floor x*_k) >= nu c (concavity and KKT), i.e. it is among the largest m.
-    With unequal costs this is the classic greedy for a concave knapsack: feasible and maximal (no
-    further unit fits), but not always optimal; tests compare it with brute force.
-    """
-    q, beta, c, B = problem.q, problem.beta, problem.cost, problem.budget
-    lo = np.ceil(problem.lower - 1e-9)
-    hi = np.floor(problem.upper + 1e-9)
-    if np.any(lo > hi):
-        i = np.flatnonzero(lo > hi)[0]
-        raise ValueError(f"no whole number between lower[{i}] = {problem.lower[i]} and upper[{i}] = {problem.upper[i]}")
-    if c @ lo > B * (1 + 1e-12):
-        raise ValueError(f"budget {B:g} cannot pay the whole-unit lower bounds (needs {c @ lo:g})")
-    cont = _solve(replace(problem, budget=min(B, float(c @ problem.upper))), "sorted", 1e-12).x
-    r = np.clip(np.floor(cont + 1e-9), lo, hi)
-    while c @ r > B * (1 + 1e-12):        # rounding the lower bounds up can overshoot: back off
-        i = np.argmax(np.where(r > lo, c, -np.inf))
-        r[i] -= 1
-
-    def gain(i):
-        return q[i] * (np.log(beta[i] + r[i] + 1) - np.log(beta[i] + r[i])) / c[i]
-
-    heap = [(-gain(i), i) for i in range(q.size) if r[i] < hi[i]]
-    heapq.heapify(heap)
-    left = B - c @ r
-    nu = 0.0
-    while heap:
-        g, i = heapq.heappop(heap)
-        if c[i] > left + 1e-9 * B:         # relative: at B = 3e-300 an absolute 1e-9 lets every unit fit, forever
-            continue                       # this unit no longer fits; cheaper ones may
-        r[i] += 1
-        left -= c[i]
-        nu = -g
-        if r[i] < hi[i]:
-            heapq.heappush(heap, (-gain(i), i))
+    """Whole units by `integer.greedy`, warm-started at the continuous optimum (exact for equal costs)."""
+    warm = _solve(replace(problem, budget=min(problem.budget, float(problem.cost @ problem.upper))), "sorted", 1e-12).x
+    r, nu = greedy(problem, warm)
     return Solution.at(problem, r, nu, integer=True)
 
 
@@ -657,7 +613,7 @@ def verify(solution: Solution) -> Solution:
     Continuous: primal feasibility (budget, bounds), dual feasibility (nu >= 0) and stationarity with
     complementary slackness per layer (free: q_k phi'(x_k) = nu w_k; at a bound: the reduced gradient
     points out of the box). Integer: feasibility, integrality, and for equal costs no improving
-    one-unit move between layers and no affordable improving unit (optimal, see `_integer_greedy`).
+    one-unit move between layers and no affordable improving unit (optimal, see `integer.greedy`).
     Returns the solution so calls chain.
     """
     p, x, nu = solution.problem, np.asarray(solution.x, float), solution.nu
@@ -679,7 +635,7 @@ def verify(solution: Solution) -> Solution:
         if spend > t + 1e-9 * max(1.0, abs(t)):
             raise AssertionError(f"budget violated: spend {spend:g} > budget {t:g}")
         if np.ptp(w) == 0:
-            _verify_integer_swaps(p, x)
+            check_swaps(p, x)
         return solution
     # relative to the budget itself (a budget of 3e-20 spent as 0 is violated, whatever its units)
     if _spend_error(p, x) > _SPEND_RTOL:
@@ -690,21 +646,6 @@ def verify(solution: Solution) -> Solution:
     if res > _KKT_RTOL:
         raise AssertionError(f"stationarity / complementary slackness violated: relative residual {res:.3g}")
     return solution
-
-
-def _verify_integer_swaps(p, x):
-    def f(i, r):
-        return p.q[i] * np.log1p(r / p.beta[i])
-    k = np.arange(x.size)
-    gain_up = np.where(x + 1 <= p.upper, f(k, x + 1) - f(k, x), -np.inf)
-    loss_dn = np.where(x - 1 >= p.lower, f(k, x) - f(k, np.maximum(x - 1, p.lower)), np.inf)
-    # best move between two *different* layers: compare the top-2 gains with the bottom-2 losses
-    up, dn = np.argsort(-gain_up)[:2], np.argsort(loss_dn)[:2]
-    best = max((gain_up[i] - loss_dn[j] for i in up for j in dn if i != j), default=-np.inf)
-    if best > 1e-12:
-        raise AssertionError("integer optimality violated: moving one unit between layers improves the objective")
-    if _spend(p, x) + p.cost[0] <= p.target * (1 + 1e-12) and gain_up.max() > 0:
-        raise AssertionError("integer optimality violated: an improving unit still fits in the budget")
 
 
 # ----------------------------------------------------------------------------- many instances at once

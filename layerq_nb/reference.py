@@ -22,11 +22,17 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .mdl import AllocationProblem, PruningProblem, Solution, allocation_problem, pruning_problem
+
+if TYPE_CHECKING:
+    import cvxpy as cp
+
+    Program = tuple[cp.Problem, cp.Variable, cp.Constraint, float]   # problem, variable, budget, objective offset
 
 __all__ = ["SolverReport", "allocate", "prune", "build_allocation", "build_prune"]
 
@@ -65,7 +71,7 @@ def _box(x, lower, upper):
     return cons
 
 
-def _program_a(p: AllocationProblem):
+def _program_a(p: AllocationProblem) -> Program:
     """Program A in cvxpy: max sum q_k log(beta_k + r_k) (= the objective up to the returned offset)."""
     cp = _cvxpy()
     # the budget and the lower bounds imply r_k <= lower_k + (B - c.lower) / c_k; a looser copy of that
@@ -79,7 +85,7 @@ def _program_a(p: AllocationProblem):
     return program, r, budget, offset
 
 
-def _program_b(p: PruningProblem):
+def _program_b(p: PruningProblem) -> Program:
     """Program B in cvxpy: min sum q_k phi(s_k), phi = -log(1 - s) or s^2/2."""
     cp = _cvxpy()
     s = cp.Variable(p.q.size)
@@ -90,13 +96,13 @@ def _program_b(p: PruningProblem):
 
 
 def build_allocation(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayLike = 1.0,
-                     lower: ArrayLike = 0.0, upper: ArrayLike = np.inf):
+                     lower: ArrayLike = 0.0, upper: ArrayLike = np.inf) -> Program:
     """Program A as a cvxpy problem: (problem, variable r, budget constraint, objective offset)."""
     return _program_a(allocation_problem(q, budget, cost=cost, beta=beta, lower=lower, upper=upper))
 
 
 def build_prune(q: ArrayLike, sparsity: float, *, sizes: ArrayLike = 1.0, lower: ArrayLike = 0.0,
-                upper: ArrayLike = 0.99, penalty: str = "log"):
+                upper: ArrayLike = 0.99, penalty: str = "log") -> Program:
     """Program B as a cvxpy problem: (problem, variable s, budget constraint, objective offset 0)."""
     return _program_b(pruning_problem(q, sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty))
 

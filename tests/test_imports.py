@@ -39,7 +39,7 @@ def _run(blocked: set, code: str):
     return result.stdout
 
 
-@pytest.mark.parametrize("module", ["mdl", "scores", "reference", "pruning.maps", "regret", "regret_constants"])
+@pytest.mark.parametrize("module", ["mdl", "scores", "reference", "pruning.maps", "regret", "regret_constants", "integer"])
 def test_the_math_imports_without_torch(module):
     _run({"torch", "transformers", "ipywidgets", "anywidget"}, f"import layerq_nb.{module}")
 
