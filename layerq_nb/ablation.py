@@ -6,6 +6,7 @@ random numbers for every coalition; Zhang, Dong, Kawaguchi, "Investigating Layer
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,7 +54,7 @@ def _check_blocks(blocks, what: str):
 
 
 @contextlib.contextmanager
-def skipped(model, skip):
+def skipped(model: torch.nn.Module, skip: Iterable[int]) -> Iterator[None]:
     """Inside the block the layers in `skip` return their input unchanged (no compute); the model's
     own forward methods come back on exit, whatever happens inside."""
     found = find_layers(model)
@@ -95,7 +96,7 @@ def _row_masks(model, active: torch.Tensor):
 
 
 @torch.no_grad()
-def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np.ndarray:
+def coalition_losses(model: torch.nn.Module, blocks: Blocks, coalitions: np.ndarray, *, max_rows: int = 8) -> np.ndarray:
     """Mean next-token NLL over `blocks` of the model with only each coalition's layers active.
     coalitions: boolean (m, K). Coalitions are batched: each forward holds up to `max_rows` rows
     (coalition x block)."""
@@ -126,7 +127,8 @@ def coalition_losses(model, blocks: Blocks, coalitions, max_rows: int = 8) -> np
     return np.array(out)
 
 
-def layer_game(model, blocks: Blocks, players, cap: bool = True, max_rows: int = 8, on_batch=None):
+def layer_game(model: torch.nn.Module, blocks: Blocks, players: Sequence[int], *, cap: bool = True, max_rows: int = 8,
+               on_batch: Callable[[int], object] | None = None) -> Callable[[np.ndarray], np.ndarray]:
     """The value function v(S) = -min(NLL(S), log V) over boolean (m, len(players)) coalitions: the
     layers in `players` play, every other layer stays active. For `shapley.estimate`."""
     found = find_layers(model)
@@ -147,8 +149,8 @@ def layer_game(model, blocks: Blocks, players, cap: bool = True, max_rows: int =
     return value
 
 
-def layer_shapley(model, blocks: Blocks, method: str = "antithetic", budget: int = 600, seed: int = 0,
-                  players=None, max_rows: int = 8, cap: bool = True,
+def layer_shapley(model: torch.nn.Module, blocks: Blocks, *, method: str = "antithetic", budget: int = 600,
+                  seed: int = 0, players: Sequence[int] | None = None, max_rows: int = 8, cap: bool = True,
                   progress: bool = True) -> tuple[shapley.ShapleyEstimate, LayerScores]:
     """Shapley value of each layer for v(S) = -min(mean NLL, log V) on `blocks` with only the layers in
     S active.
@@ -200,7 +202,7 @@ class Cornerstone:
                            metadata=dict(full_loss=self.full_loss, empty_loss=self.empty_loss, chance_loss=self.chance_loss))
 
 
-def cornerstone(model, blocks: Blocks, max_rows: int = 8) -> Cornerstone:
+def cornerstone(model: torch.nn.Module, blocks: Blocks, *, max_rows: int = 8) -> Cornerstone:
     """Drop one layer at a time (the cornerstone experiment of arXiv 2409.14381), plus the full and empty models."""
     _check_blocks(blocks, "cornerstone")
     k = len(find_layers(model))

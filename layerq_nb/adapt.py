@@ -16,7 +16,9 @@ import contextlib
 import math
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,10 +33,14 @@ from .models import layers as find_layers
 from .models import weight_matrix
 from .scores import LayerScores
 
+if TYPE_CHECKING:
+    from peft import LoraConfig
+
 __all__ = ["RankAllocation", "rank_costs", "rank_caps", "lora_rank_pattern", "lora_config", "expert_counts", "LoRAMoELinear",
            "LoRAMoE", "apply_lora_moe", "finetune", "FinetuneResult", "DEFAULT_TARGETS"]
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+Targets = str | Sequence[str] | None      # module names the targets end with; None: every linear map
 
 
 def _whole(name: str, value, low: int = 1) -> int:
@@ -87,20 +93,20 @@ class RankAllocation:
         return int(self.ranks @ self.cost)
 
 
-def rank_costs(model: nn.Module, *, target_modules=None) -> np.ndarray:
+def rank_costs(model: nn.Module, *, target_modules: Targets = None) -> np.ndarray:
     """LoRA parameters one rank unit costs in each layer: sum over its target modules of d_in + d_out."""
     return np.array([sum(sum(weight_matrix(m).shape) for m in mods.values())
                      for mods in _targets(model, target_modules).values()], float)
 
 
-def rank_caps(model: nn.Module, *, target_modules=None) -> np.ndarray:
+def rank_caps(model: nn.Module, *, target_modules: Targets = None) -> np.ndarray:
     """The largest useful LoRA rank per layer: min(d_in, d_out) over its target modules (a B A of higher
     rank than that has no more freedom, only more parameters)."""
     return np.array([min(min(weight_matrix(m).shape) for m in mods.values())
                      for mods in _targets(model, target_modules).values()], int)
 
 
-def lora_rank_pattern(model: nn.Module, scores: LayerScores | str, budget: int, *, target_modules=None,
+def lora_rank_pattern(model: nn.Module, scores: LayerScores | str, budget: int, *, target_modules: Targets = None,
                       beta: float = 1.0, min_rank: int = 1) -> RankAllocation:
     """Integer ranks per layer with sum_k c_k r_k <= budget (LoRA parameters), each at most
     min(d_in, d_out) of the layer's matrices (`rank_caps`: a budget beyond that is left unspent).
@@ -137,7 +143,8 @@ def lora_rank_pattern(model: nn.Module, scores: LayerScores | str, budget: int, 
                           scores=label, metadata=dict(budget=budget, beta=beta, min_rank=min_rank, caps=caps.tolist()))
 
 
-def lora_config(allocation: RankAllocation, *, alpha_ratio: float = 2.0, dropout: float = 0.05, **kwargs):
+def lora_config(allocation: RankAllocation, *, alpha_ratio: float = 2.0, dropout: float = 0.05,
+                **kwargs: object) -> LoraConfig:
     """A peft LoraConfig that applies the allocation: rank_pattern and alpha_pattern per module
     (alpha = alpha_ratio * rank, so every layer keeps the same scaling alpha / r)."""
     from peft import LoraConfig
@@ -275,8 +282,8 @@ def _expert_array(experts_per_layer, n_layers: int) -> np.ndarray:
     return raw.astype(int)
 
 
-def apply_lora_moe(model: nn.Module, experts_per_layer, *, rank: int = 8, alpha: float = 16.0, top_k: int = 2,
-                   target_modules=("q_proj", "v_proj")) -> LoRAMoE:
+def apply_lora_moe(model: nn.Module, experts_per_layer: Sequence[int] | np.ndarray, *, rank: int = 8,
+                   alpha: float = 16.0, top_k: int = 2, target_modules: Targets = ("q_proj", "v_proj")) -> LoRAMoE:
     """Wrap layer k's target modules with experts_per_layer[k] LoRA experts; freeze everything else.
 
     Transactional: every argument, module type and the memory the adapters need are checked before the

@@ -18,10 +18,16 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .scores import LayerScores, _plain
+
+if TYPE_CHECKING:                   # annotations only: saving scores needs no torch
+    from torch import nn
+
+    from .adapt import RankAllocation
 
 __all__ = ["PRUNE_RECORD", "ALLOCATION_RECORD", "model_identity", "check_folder", "save_pruned", "load_record",
            "save_adapter", "save_scores", "load_scores", "check_scores"]
@@ -31,7 +37,7 @@ ALLOCATION_RECORD = "layerq-allocation.json"
 _RECORDS = (PRUNE_RECORD, ALLOCATION_RECORD)
 
 
-def model_identity(model) -> dict:
+def model_identity(model: nn.Module) -> dict:
     """What makes scores belong to a model: its family, depth, width, parameter count and layer names."""
     from .models import layers, model_facts
     found = layers(model)
@@ -45,7 +51,7 @@ def model_identity(model) -> dict:
 
 # ----------------------------------------------------------------------------- folders
 
-def check_folder(folder, option: str = "--save") -> Path:
+def check_folder(folder: str | os.PathLike, *, option: str = "--save") -> Path:
     """A folder we may write: absent, empty, or written by layerq_nb before (then replaced). Checked
     before any model loads, so a bad path costs nothing."""
     path = Path(folder).expanduser()
@@ -84,7 +90,7 @@ def _dump(path: Path, record: dict):
     path.write_text(json.dumps(record, indent=1, default=_plain) + "\n")
 
 
-def load_record(folder) -> dict:
+def load_record(folder: str | os.PathLike) -> dict:
     """The layerq record beside a saved model or adapter (layerq-prune.json or layerq-allocation.json)."""
     folder = Path(folder).expanduser()
     for name in _RECORDS:
@@ -95,7 +101,7 @@ def load_record(folder) -> dict:
 
 # ----------------------------------------------------------------------------- pruned models
 
-def save_pruned(model, tokenizer, folder, record: dict) -> Path:
+def save_pruned(model: nn.Module, tokenizer: object, folder: str | os.PathLike, record: dict) -> Path:
     """Write the model as it is now (call it inside `pruning.pruned`, while the weights are pruned) with
     `save_pretrained`, its tokenizer, and `record` (map, method, per-layer sparsity, calibration data,
     perplexities) as layerq-prune.json. `AutoModelForCausalLM.from_pretrained(folder)` loads it offline."""
@@ -116,8 +122,8 @@ def save_pruned(model, tokenizer, folder, record: dict) -> Path:
 
 # ----------------------------------------------------------------------------- LoRA adapters
 
-def save_adapter(allocation, folder, record: dict, base_model: str | None = None, peft_model=None,
-                 alpha_ratio: float = 2.0) -> Path:
+def save_adapter(allocation: RankAllocation, folder: str | os.PathLike, record: dict, *, base_model: str | None = None,
+                 peft_model: nn.Module | None = None, alpha_ratio: float = 2.0) -> Path:
     """peft's adapter_config.json for the allocation (rank_pattern / alpha_pattern per module, see
     `adapt.lora_config`), or, given the trained `peft_model`, its adapter weights and configuration as
     `save_pretrained` writes them; plus layerq-allocation.json (ranks per layer, cost, budget)."""
@@ -139,14 +145,14 @@ def save_adapter(allocation, folder, record: dict, base_model: str | None = None
 
 # ----------------------------------------------------------------------------- scores
 
-def save_scores(scores: LayerScores, model, path) -> Path:
+def save_scores(scores: LayerScores, model: nn.Module, path: str | os.PathLike) -> Path:
     """The scores as JSON, with the identity of `model` in their metadata (see `load_scores`)."""
     stamped = LayerScores(method=scores.method, values=scores.values, names=scores.names,
                           metadata={**scores.metadata, "identity": model_identity(model)})
     return stamped.save(Path(path).expanduser())
 
 
-def check_scores(scores: LayerScores, model, source: str = "the scores") -> LayerScores:
+def check_scores(scores: LayerScores, model: nn.Module, *, source: str = "the scores") -> LayerScores:
     """The scores, if they are one value per decoder layer of this very model; a ValueError otherwise."""
     here = model_identity(model)
     there = scores.metadata.get("identity")
@@ -171,6 +177,6 @@ def check_scores(scores: LayerScores, model, source: str = "the scores") -> Laye
     return scores
 
 
-def load_scores(path, model) -> LayerScores:
+def load_scores(path: str | os.PathLike, model: nn.Module) -> LayerScores:
     """Scores written by `save_scores` (or `layerq score --out`), checked against `model`."""
     return check_scores(LayerScores.load(Path(path).expanduser()), model, source=str(path))

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 __all__ = ["main", "torchvision_problem"]
@@ -100,7 +101,7 @@ def torchvision_problem(torch_version: str | None = None, torchvision_version: s
     return f"{why}: transformers (and so load_model) may fail to import. {fix}" if why else None
 
 
-def cmd_doctor(args) -> int:
+def cmd_doctor(args: argparse.Namespace) -> int:
     from .models import SHIPPED_GGUF, SHORT_NAMES, CacheError, cache_dir, cached_folder, check_cache, pick_device
     for name, version in _versions().items():
         print(f"{name:>14}  {version}")
@@ -140,11 +141,11 @@ def cmd_doctor(args) -> int:
     return 0
 
 
-def lab_command(folder, extra=()) -> list[str]:
+def lab_command(folder: str | os.PathLike, extra: Sequence[str] = ()) -> list[str]:
     return [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={folder}", *extra]
 
 
-def cmd_lab(args) -> int:
+def cmd_lab(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
     from pathlib import Path
@@ -504,7 +505,7 @@ def _print_demo(r: dict):
     print("   `layerq score|prune|allocate --help` run each step on your task and save what it finds (--out, --save)")
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     import json
 
     from tqdm.auto import tqdm
@@ -534,7 +535,7 @@ def _init_distributed():
     return dist
 
 
-def cmd_score(args) -> int:
+def cmd_score(args: argparse.Namespace) -> int:
     from .data import load_task
     from .models import load_model
     from .scoring import score
@@ -584,7 +585,7 @@ def _model_train_validation(args):
     return model, tokenizer, train, validation
 
 
-def cmd_prune(args) -> int:
+def cmd_prune(args: argparse.Namespace) -> int:
     import json
 
     import numpy as np
@@ -633,7 +634,7 @@ def cmd_prune(args) -> int:
     return 0
 
 
-def cmd_allocate(args) -> int:
+def cmd_allocate(args: argparse.Namespace) -> int:
     from .adapt import finetune, lora_config, lora_rank_pattern, rank_costs
     from .influence import layer_influence
     from .scoring import score
@@ -828,7 +829,7 @@ def _one_line(err: BaseException) -> str:
 ANTICIPATED = (ValueError, OSError, ImportError, MemoryError)     # bad input, files, cache, environment
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and getattr(args, "command", None) != "lab":      # only `layerq lab` passes options on

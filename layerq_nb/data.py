@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def _is_whole(value) -> bool:
         (isinstance(value, (float, np.floating)) and np.isfinite(value) and value == int(value))
 
 
-def check_batch_size(batch_size) -> int:
+def check_batch_size(batch_size: object) -> int:
     """batch_size as an int >= 1, or a ValueError that says so (not range()'s "arg 3 must not be zero")."""
     if not _is_whole(batch_size) or int(batch_size) < 1:
         raise ValueError(f"batch_size must be a whole number >= 1 (blocks per forward pass), got {batch_size!r}")
@@ -66,7 +66,7 @@ class Blocks:
         """Number of predicted tokens (non-masked labels after the one-token shift)."""
         return int((self.labels[:, 1:] != IGNORE).sum())
 
-    def subset(self, index) -> "Blocks":
+    def subset(self, index: Sequence[int] | np.ndarray | torch.Tensor) -> Blocks:
         index = torch.as_tensor(index, dtype=torch.long)   # cpu on purpose: blocks live on the CPU, batches move
         return Blocks(self.input_ids[index], self.labels[index], self.attention_mask[index], self.task, self.split)
 
@@ -210,8 +210,8 @@ def _context_length(tokenizer) -> int | None:
     return int(n) if n and n < 10**7 else None
 
 
-def load_task(name: str, tokenizer, split: str = "train", n_blocks: int | None = None, block_size: int = 256,
-              seed: int = 0) -> Blocks:
+def load_task(name: str, tokenizer: object, *, split: str = "train", n_blocks: int | None = None,
+              block_size: int = 256, seed: int = 0) -> Blocks:
     """Tokenise a task split into `n_blocks` blocks of `block_size` tokens (all the split's text if None).
 
     Documents are packed end to end with an end-of-text token between them; the last partial block is

@@ -37,7 +37,7 @@ def _check_context(model, blocks: Blocks):
 
 
 @torch.inference_mode()
-def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> float:
+def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, *, progress: bool = True) -> float:
     """L = (1/N) sum_t -log p(y_t | y_<t) over the N non-masked targets of all blocks (fp32 sums)."""
     _check_context(model, blocks)
     check_batch_size(batch_size)
@@ -59,13 +59,13 @@ def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, progr
     return total / count
 
 
-def perplexity(model, blocks: Blocks, batch_size: int = 4, progress: bool = True) -> float:
+def perplexity(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, *, progress: bool = True) -> float:
     """exp(mean next-token loss) over the non-masked targets of `blocks`."""
     return math.exp(mean_loss(model, blocks, batch_size=batch_size, progress=progress))
 
 
 @torch.inference_mode()
-def generate(model, tokenizer, question: str, max_new_tokens: int = 40) -> str:
+def generate(model: torch.nn.Module, tokenizer: object, question: str, *, max_new_tokens: int = 40) -> str:
     """Greedy answer to one user question, through the chat template when the tokenizer has one."""
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"question must be a non-empty string, got {question!r}")

@@ -16,6 +16,7 @@ import struct
 import time
 import uuid
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def _safetensors_header(path: Path) -> dict:
     return header
 
 
-def check_cache(folder, full: bool = True) -> bool:
+def check_cache(folder: str | os.PathLike, *, full: bool = True) -> bool:
     """Raise CacheError naming what is wrong with a cache entry; True if it has a manifest, False for
     an entry written before manifests (checked structurally only). full=False compares sizes, not CRCs."""
     folder = Path(folder)
@@ -439,14 +440,14 @@ def _linear_types():
     return (nn.Linear, Conv1D)
 
 
-def weight_matrix(module) -> torch.Tensor:
+def weight_matrix(module: nn.Module) -> torch.Tensor:
     """The module's weight as a (d_out, d_in) view: GPT-2's Conv1D stores it transposed."""
     from transformers.pytorch_utils import Conv1D
     return module.weight.T if isinstance(module, Conv1D) else module.weight
 
 
 @contextlib.contextmanager
-def weights_restored(modules):
+def weights_restored(modules: Iterable[nn.Module]) -> Iterator[None]:
     """Whatever happens inside, the modules' weights come back bit-identical (they are cloned first)."""
     saved = [m.weight.detach().clone() for m in modules]
     try:
@@ -457,7 +458,7 @@ def weights_restored(modules):
                 m.weight.copy_(w)
 
 
-def block_input(args: tuple, kwargs: dict):
+def block_input(args: tuple, kwargs: dict) -> torch.Tensor:
     """The hidden states a decoder block was called with (positional in every family here, by keyword
     if a caller passes them so): for hooks that read or replace a block's input."""
     return kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
@@ -517,7 +518,7 @@ def _fused_experts(block) -> list[tuple[str, tuple]]:
     return out
 
 
-def layers(model) -> list[Layer]:
+def layers(model: nn.Module) -> list[Layer]:
     """The decoder blocks of `model` in order, each with its linear maps (nn.Linear or GPT-2's Conv1D).
 
     Generic over dense decoder-only families (Llama/SmolLM, Mistral, Qwen2/3, Gemma 2, Phi-3, GPT-2,

@@ -11,6 +11,7 @@ caller can evaluate many coalitions in one batched forward pass. Numpy only.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import comb
 
@@ -186,8 +187,8 @@ def _kernel(game, k, budget, rng, bootstrap=200):
     return phi, np.std(boots, axis=0, ddof=1)
 
 
-def estimate(value_fn, n_players: int, method: str = "antithetic", budget: int = 2000, seed: int = 0,
-             tol: float = 0.02) -> ShapleyEstimate:
+def estimate(value_fn: Callable[[np.ndarray], np.ndarray], n_players: int, method: str = "antithetic", *,
+             budget: int = 2000, seed: int = 0, tol: float = 0.02) -> ShapleyEstimate:
     """Shapley values of `n_players` under `value_fn` (boolean (m, K) coalitions -> m values).
 
     method: exact (all 2^K coalitions; K <= 20), permutation, antithetic (each permutation with its

@@ -25,7 +25,7 @@ Reducer state is plain tensors in a dict, summed across processes by `all_reduce
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import NamedTuple
 
 import torch
@@ -42,7 +42,10 @@ LABELS = ("data", "sampled")
 REDUCTIONS = ("mean", "sum", "block_mean")
 
 
-def module_keys(model) -> list[tuple[int, str]]:
+Key = tuple[int, str]       # (layer index, module name relative to its block)
+
+
+def module_keys(model: torch.nn.Module) -> list[tuple[int, str]]:
     """(layer index, module name) for every linear module of every decoder block, in order."""
     return [(layer.index, name) for layer in find_layers(model) for name in layer.linears]
 
@@ -55,17 +58,17 @@ class Reducer:
         self.tokens = 0
         self._scratch: dict = {}
 
-    def begin_batch(self, n_tokens: int):
+    def begin_batch(self, n_tokens: int) -> None:
         self.tokens += n_tokens
         self._shared: dict[int, torch.Tensor] = {}
 
-    def once(self, shared: int, fn):
+    def once(self, shared: int, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         """fn() computed once per batch for an input shared by several modules (q/k/v, gate/up)."""
         if shared not in self._shared:
             self._shared[shared] = fn()
         return self._shared[shared]
 
-    def total(self, key, shape, like: torch.Tensor) -> torch.Tensor:
+    def total(self, key: tuple, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         """The running sum for `key`, zeros on first use. Reducers add into it in place (addmm_,
         addcmul_): a fresh (d, d) result per batch would be a large new allocation, and on CPU those
         page-fault on every batch (measured: as slow as the matmul itself for 1536 x 1536 factors)."""
@@ -73,14 +76,15 @@ class Reducer:
             self.state[key] = like.new_zeros(shape)
         return self.state[key]
 
-    def scratch(self, name, shape, like: torch.Tensor) -> torch.Tensor:
+    def scratch(self, name: str, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
         """A reusable work buffer (same reason as `total`): valid until the next call with this name/shape."""
         key = (name, tuple(shape), like.dtype, like.device)
         if key not in self._scratch:
             self._scratch[key] = like.new_empty(shape)
         return self._scratch[key]
 
-    def update(self, key, a, b, shared, bounds):   # pragma: no cover - interface
+    def update(self, key: Key, a: torch.Tensor, b: torch.Tensor, shared: int,
+               bounds: Sequence[int]) -> None:   # pragma: no cover - interface
         """a (T, d_in), b (T, d_out) for the batch's unpadded tokens; bounds[i]:bounds[i+1] are block i's rows."""
         raise NotImplementedError
 
@@ -88,7 +92,7 @@ class Reducer:
 class GradientSum(Reducer):
     """sum_t b_t a_t^T: the weight gradient of the backpropagated loss."""
 
-    def update(self, key, a, b, shared, bounds):
+    def update(self, key: Key, a: torch.Tensor, b: torch.Tensor, shared: int, bounds: Sequence[int]) -> None:
         self.total(key, (b.shape[1], a.shape[1]), a).addmm_(b.T, a)      # (d_out, d_in)
 
 
@@ -100,20 +104,20 @@ class KFACFactors(Reducer):
         super().__init__()
         self.a_owner: dict = {}     # module key -> key whose ("A", ...) entry holds its input factor
 
-    def update(self, key, a, b, shared, bounds):
+    def update(self, key: Key, a: torch.Tensor, b: torch.Tensor, shared: int, bounds: Sequence[int]) -> None:
         owner = self.a_owner.setdefault(key, self.once(shared, lambda: key))
         if owner == key:
             self.total(("A", *key), (a.shape[1],) * 2, a).addmm_(a.T, a)
         self.total(("G", *key), (b.shape[1],) * 2, b).addmm_(b.T, b)
 
-    def A(self, key) -> torch.Tensor:
+    def A(self, key: Key) -> torch.Tensor:
         return self.state[("A", *self.a_owner[key])]
 
 
 class DiagonalFisher(Reducer):
     """sum_t (b_t * b_t)(a_t * a_t)^T: the diagonal of sum_t vec(b_t a_t^T) vec(b_t a_t^T)^T."""
 
-    def update(self, key, a, b, shared, bounds):
+    def update(self, key: Key, a: torch.Tensor, b: torch.Tensor, shared: int, bounds: Sequence[int]) -> None:
         a2 = self.once(shared, lambda: a * a)
         b2 = torch.mul(b, b, out=self.scratch("b2", b.shape, b))
         self.total(key, (b.shape[1], a.shape[1]), a).addmm_(b2.T, a2)
@@ -127,7 +131,7 @@ class EKFACCorrection(Reducer):
         super().__init__()
         self.eigenbases = eigenbases                   # key -> (Q_A, Q_G)
 
-    def update(self, key, a, b, shared, bounds):
+    def update(self, key: Key, a: torch.Tensor, b: torch.Tensor, shared: int, bounds: Sequence[int]) -> None:
         q_a, q_g = self.eigenbases[key]
         a_rot = self.once(shared, lambda: a @ q_a)     # (T, d_in), shared inputs rotated once
         b_rot = torch.mm(b, q_g, out=self.scratch("b_rot", b.shape, b))          # (T, d_out)
@@ -138,7 +142,7 @@ class EKFACCorrection(Reducer):
             total.addcmul_(g_i, g_i)
 
 
-def all_reduce(reducers: Iterable[Reducer]):
+def all_reduce(reducers: Iterable[Reducer]) -> None:
     """Sum every reducer's tensors (and token counts) across torch.distributed processes."""
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):

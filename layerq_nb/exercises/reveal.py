@@ -7,6 +7,10 @@ Without them (a bare install, plain Python) the same calls print how to ask in t
 from __future__ import annotations
 
 import importlib.util
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._core import Exercise
 
 __all__ = ["hint", "solution", "show_hint_button"]
 
@@ -23,9 +27,9 @@ def _can_draw() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def hint(key: str, step: int | None = None):
-    """Exercise `key`'s hints: `hint(key)` is a button revealing one more per press; `hint(key, 2)` returns
-    the second hint as text (counting from 1)."""
+def hint(key: str, step: int | None = None) -> object:
+    """Exercise `key`'s hints: `hint(key)` is a button revealing one more per press (text saying how to
+    ask, outside a notebook); `hint(key, 2)` returns the second hint as text (counting from 1)."""
     from ._core import get
     ex = get(key)
     if step is not None:
@@ -38,7 +42,7 @@ def hint(key: str, step: int | None = None):
     return hint_box(key, ex.hints)
 
 
-def show_hint_button(ex) -> None:
+def show_hint_button(ex: Exercise) -> None:
     """Display the hint button under a check's verdict (in a notebook only)."""
     if not _can_draw():
         print(f"       Hints on request: ex.hint({ex.key!r}, 1)")
@@ -47,9 +51,10 @@ def show_hint_button(ex) -> None:
     display(hint(ex.key))
 
 
-def solution(key: str):
-    """A button that reveals exercise `key`'s worked solution (try the hints first). In an edition without
-    solutions (the student edition of `layerq course build`) it says so plainly instead of failing."""
+def solution(key: str) -> object:
+    """A button that reveals exercise `key`'s worked solution (try the hints first; outside a notebook, the
+    code as text). In an edition without solutions (the student edition of `layerq course build`) it
+    says so plainly instead of failing."""
     from . import NoSolutions, solution_code
     from ._core import get
     get(key)                                  # an unknown key is still an error, in every edition

@@ -101,7 +101,7 @@ def catalogue() -> list[Tutorial]:
     return found
 
 
-def learner_folder(root, folder: str = DEFAULT_FOLDER) -> Path:
+def learner_folder(root: str | os.PathLike, folder: str = DEFAULT_FOLDER) -> Path:
     """The learner's folder as an absolute path, which must lie inside the server root `root` (JupyterLab
     can only open files there). `folder` is relative to the root ('layerq-tutorials', 'course/tutorials')
     or absolute inside it; '~' is expanded."""
@@ -127,7 +127,7 @@ def _write_atomic(source: Path, target: Path):
     os.replace(partial, target)
 
 
-def open_copy(number: str, *, root, folder: str = DEFAULT_FOLDER) -> Copy:
+def open_copy(number: str, *, root: str | os.PathLike, folder: str = DEFAULT_FOLDER) -> Copy:
     """The learner's copy of tutorial `number`, copied from the package on first use and never
     overwritten afterwards (it holds the learner's work)."""
     source = tutorial(number)
@@ -145,7 +145,8 @@ def backup_name(name: str, now: _dt.datetime) -> str:
     return f"{stem}-{now.strftime('%Y-%m-%dT%H-%M-%S')}{dot}{suffix}"
 
 
-def reset_copy(number: str, *, root, folder: str = DEFAULT_FOLDER, now: _dt.datetime | None = None) -> Reset:
+def reset_copy(number: str, *, root: str | os.PathLike, folder: str = DEFAULT_FOLDER,
+               now: _dt.datetime | None = None) -> Reset:
     """Move the learner's copy of tutorial `number` to `<folder>/backups/<name>-<time>.ipynb` (a second
     backup in the same second gets '-2', ...), then write a clean copy from the package."""
     source = tutorial(number)
@@ -164,7 +165,7 @@ def reset_copy(number: str, *, root, folder: str = DEFAULT_FOLDER, now: _dt.date
     return Reset(path=_relative(target, root), backup=_relative(backup, root) if backup else None)
 
 
-def syllabus_copy(*, root, folder: str = DEFAULT_FOLDER) -> str:
+def syllabus_copy(*, root: str | os.PathLike, folder: str = DEFAULT_FOLDER) -> str:
     """The package's syllabus (notebooks/README.md) as `<folder>/README.md`, rewritten from the package on
     every call (it is reference text, not the learner's work); its path relative to the root."""
     target = learner_folder(root, folder) / SYLLABUS

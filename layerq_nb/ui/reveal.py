@@ -20,7 +20,8 @@ def hint_box(key: str, hints: Sequence[str]) -> widgets.VBox:
     def reveal(_=None):
         if count[0] < len(hints):
             count[0] += 1
-            shown.value = "".join(f"<p><b>Hint {i + 1}.</b> {html.escape(h)}</p>" for i, h in enumerate(hints[:count[0]]))
+            shown.value = "".join(f"<p><b>Hint {i + 1}.</b> {html.escape(h)}</p>"
+                                  for i, h in enumerate(hints[:count[0]]))
         if count[0] >= len(hints):
             button.disabled, button.description = True, f"all {len(hints)} hints shown"
         else:
