@@ -30,12 +30,25 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=2, help="uniform LoRA rank that sets the budget")
     parser.add_argument("--block-size", type=int, default=128)
+    parser.add_argument("--kinds", nargs="+", default=["lora", "lora-moe"], choices=["lora", "lora-moe"],
+                        help="which adapters to compare (lora: ranks; lora-moe: expert counts)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="JSON lines file (default: results/allocation_<tasks>_<steps>steps.jsonl)")
     args = parser.parse_args()
+    import torch
     from peft import get_peft_model
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else (
         Path(__file__).parent / "results" / f"allocation_{'_'.join(args.tasks)}_{args.steps}steps.jsonl")
     rows = []
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sink = out.open("w")            # a row per run as it finishes: a long run stopped early keeps its rows
+
+    def record(row):
+        rows.append(row)
+        sink.write(json.dumps(row) + "\n")
+        sink.flush()
     for task in args.tasks:
         model, tok = load_model(args.model)
         train = load_task(task, tok, split="train", n_blocks=64, block_size=args.block_size)
@@ -52,25 +65,23 @@ def main():
                    "mola": expert_counts(2 * n_layers, n_layers, "mola"),
                    "mdl-zeta2": expert_counts(2 * n_layers, n_layers, zeta)}
         for seed in args.seeds:
-            for name, alloc in lora.items():
+            for name, alloc in (lora.items() if "lora" in args.kinds else ()):
                 peft_model = get_peft_model(model, lora_config(alloc))
                 res = finetune(peft_model, train, val, steps=args.steps, lr=args.lr, seed=seed, progress=False)
                 model = peft_model.unload()
-                rows.append(dict(task=task, kind="lora", allocation=name, seed=seed, trainable=res.trainable,
-                                 val_before=res.val_loss_before, val_after=res.val_loss_after,
-                                 ranks=alloc.ranks.tolist()))
-                print(rows[-1]["task"], "lora", name, seed, f"{res.val_loss_after:.4f}", flush=True)
-            for name, counts in experts.items():
+                record(dict(task=task, kind="lora", allocation=name, seed=seed, trainable=res.trainable,
+                           val_before=res.val_loss_before, val_after=res.val_loss_after, seconds=res.seconds,
+                           ranks=alloc.ranks.tolist()))
+                print(rows[-1]["task"], "lora", name, seed, f"{res.val_loss_after:.4f}", f"{res.seconds:.0f} s", flush=True)
+            for name, counts in (experts.items() if "lora-moe" in args.kinds else ()):
                 moe = apply_lora_moe(model, counts, rank=4, target_modules=("q_proj", "v_proj"))
                 res = finetune(model, train, val, steps=args.steps, lr=args.lr, seed=seed, aux=moe, progress=False)
                 moe.remove()
-                rows.append(dict(task=task, kind="lora-moe", allocation=name, seed=seed, trainable=res.trainable,
-                                 val_before=res.val_loss_before, val_after=res.val_loss_after,
-                                 experts=counts.tolist()))
+                record(dict(task=task, kind="lora-moe", allocation=name, seed=seed, trainable=res.trainable,
+                           val_before=res.val_loss_before, val_after=res.val_loss_after,
+                           experts=counts.tolist()))
                 print(rows[-1]["task"], "moe", name, seed, f"{res.val_loss_after:.4f}", flush=True)
-    with out.open("w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    sink.close()
     print(f"\n{args.steps} steps, lr {args.lr}, seeds {args.seeds}; validation loss after training "
           "(mean +- std over seeds)\n")
     print("| task | adapter | allocation | trainable | val loss before | val loss after |\n|---|---|---|---|---|---|")

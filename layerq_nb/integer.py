@@ -17,9 +17,9 @@ if TYPE_CHECKING:
 __all__ = ["greedy", "check_swaps"]
 
 
-def greedy(problem: AllocationProblem, warm: np.ndarray) -> tuple[np.ndarray, float]:
-    """Whole units r and the last gain taken (nu), by greedy marginal gain per cost, warm-started at
-    the floor of `warm`, the continuous optimum of the same program (budget capped at sum c upper).
+def greedy(problem: AllocationProblem, price: float) -> tuple[np.ndarray, float]:
+    """Whole units r and the last gain taken (nu), by greedy marginal gain per cost, warm-started with
+    every unit whose gain per cost is at least `price` (the continuous optimum's nu is a good guess).
 
     Each step adds one unit to the layer with the largest gain per cost
     Delta_k(r) / c_k = q_k [log(beta_k + r + 1) - log(beta_k + r)] / c_k among those whose unit still fits.
@@ -29,8 +29,11 @@ def greedy(problem: AllocationProblem, warm: np.ndarray) -> tuple[np.ndarray, fl
     a choice of m units, and its value is the sum of the chosen gains, provided each layer's units are
     taken as a prefix -- which decreasing gains make optimal. So the best value is the sum of the m
     largest gains over all layers, which is what greedy picks (exchange argument: swapping a chosen unit
-    for a larger unchosen one never lowers the value). The warm start keeps optimality: every unit below
-    floor(x*_k) has gain >= f'_k(floor x*_k) >= nu c (concavity and KKT), i.e. it is among the largest m.
+    for a larger unchosen one never lowers the value). The warm start keeps optimality: it takes exactly the
+    units with Delta_k(r) / c_k >= t, in closed form r <= 1 / expm1(t c_k / q_k) - beta_k, raising t until
+    they fit, so it is a set of largest gains greedy itself would take first. (Flooring the continuous
+    optimum x* is not: a layer with 0 < x*_k < 1 gets no unit although its first unit, worth up to
+    f'_k(0), can beat the last unit of a layer with large x*: found by a hypothesis test.)
     With unequal costs this is the classic greedy for a concave knapsack: feasible and maximal (no
     further unit fits), but not always optimal; tests compare it with brute force.
     """
@@ -42,10 +45,11 @@ def greedy(problem: AllocationProblem, warm: np.ndarray) -> tuple[np.ndarray, fl
         raise ValueError(f"no whole number between lower[{i}] = {problem.lower[i]} and upper[{i}] = {problem.upper[i]}")
     if c @ lo > B * (1 + 1e-12):
         raise ValueError(f"budget {B:g} cannot pay the whole-unit lower bounds (needs {c @ lo:g})")
-    r = np.clip(np.floor(np.asarray(warm, dtype=float) + 1e-9), lo, hi)
-    while c @ r > B * (1 + 1e-12):        # rounding the lower bounds up can overshoot: back off
-        i = np.argmax(np.where(r > lo, c, -np.inf))
-        r[i] -= 1
+    t = float(price) if np.isfinite(price) and price > 0 else 1.0
+    r = _units_worth(problem, t, lo, hi)
+    while c @ r > B * (1 + 1e-12):        # too many units at this price: raise it (r falls to lo, which fits)
+        t *= 2.0
+        r = _units_worth(problem, t, lo, hi)
 
     def gain(i):
         return q[i] * (np.log(beta[i] + r[i] + 1) - np.log(beta[i] + r[i])) / c[i]
@@ -64,6 +68,14 @@ def greedy(problem: AllocationProblem, warm: np.ndarray) -> tuple[np.ndarray, fl
         if r[i] < hi[i]:
             heapq.heappush(heap, (-gain(i), i))
     return r, nu
+
+
+def _units_worth(problem: AllocationProblem, t: float, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per layer, how many first units have gain per cost Delta_k(r) / c_k = q_k log(1 + 1/(beta_k + r)) / c_k
+    >= t: the units r = 0 .. floor(1 / expm1(t c_k / q_k) - beta_k), clipped to the bounds."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        last = np.floor(1.0 / np.expm1(t * problem.cost / problem.q) - problem.beta)
+    return np.clip(np.nan_to_num(last + 1, nan=0.0, posinf=np.inf, neginf=0.0), lo, hi)
 
 
 def check_swaps(p: AllocationProblem, x: np.ndarray) -> None:

@@ -578,8 +578,8 @@ def _frozen(arr: np.ndarray) -> np.ndarray:
 
 def _integer_greedy(problem: AllocationProblem) -> Solution:
     """Whole units by `integer.greedy`, warm-started at the continuous optimum (exact for equal costs)."""
-    warm = _solve(replace(problem, budget=min(problem.budget, float(problem.cost @ problem.upper))), "sorted", 1e-12).x
-    r, nu = greedy(problem, warm)
+    price = _solve(replace(problem, budget=min(problem.budget, float(problem.cost @ problem.upper))), "sorted", 1e-12).nu
+    r, nu = greedy(problem, price)
     return Solution.at(problem, r, nu, integer=True)
 
 

@@ -830,6 +830,14 @@ def test_whole_units_at_a_tiny_scale_end():
     mdl.verify(sol)
 
 
+def test_whole_units_go_to_a_small_layer_whose_first_unit_is_worth_more():
+    """Found by the test above: flooring the continuous optimum (2.01, 0.66, 0.33) gave (2, 1, 0), but the
+    third layer's first unit is worth more than the first layer's second one: the optimum is (1, 1, 1)."""
+    sol = mdl.allocate([0.375, 0.125, 0.0625], 3.0, beta=0.01, integer=True)
+    assert sol.x.tolist() == [1.0, 1.0, 1.0]
+    mdl.verify(sol)
+
+
 @settings(max_examples=100, deadline=None)
 @given(q=st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=6), size_exp=st.integers(-300, 300),
        sparsity=st.one_of(st.floats(0.0, 0.98), st.sampled_from([1e-300, 1e-30, 1e-12])),
