@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     # models and data
-    "load_model": "models", "layers": "models", "Layer": "models",
+    "load_model": "models", "layers": "models", "Layer": "models", "model_facts": "models", "ModelFacts": "models",
     "load_task": "data", "Blocks": "data",
     # evaluation
     "perplexity": "evaluate", "mean_loss": "evaluate",
@@ -30,7 +30,7 @@ _LAZY = {
 
 __all__ = [
     "allocate", "prune", "verify", "regret_bound",          # MDL programs (numpy)
-    "load_model", "layers", "Layer", "load_task", "Blocks",  # models and tasks (torch, lazy)
+    "load_model", "layers", "Layer", "model_facts", "ModelFacts", "load_task", "Blocks",  # models, tasks (lazy)
     "perplexity", "mean_loss",                               # evaluation (torch, lazy)
     "score", "newton_step", "layer_gradients", "LayerScores", # scoring (torch, lazy; LayerScores numpy)
     "layer_influence", "layer_shapley", "cornerstone", "skipped",  # layer quality (torch, lazy)

@@ -394,7 +394,7 @@ def _demo_pipeline(args, steps) -> dict:
     out["allocation"] = dict(task=q_task, budget=budget, uniform_rank=args.rank, beta=args.beta,
                              ranks=integer.ranks.tolist(), parameters=integer.parameters,
                              continuous=exact.x.tolist(), nu=exact.nu, kkt_residual=exact.kkt_residual,
-                             cvxpy_status=cvx.status + (", polished" if cvx.polished else ""), cvxpy_gap=float(np.max(np.abs(exact.x - cvx.x))),
+                             cvxpy_status=cvx.solver.status + (", polished" if cvx.solver.polished else ""), cvxpy_gap=float(np.max(np.abs(exact.x - cvx.x))),
                              objective_gap=float(exact.objective - cvx.objective))
     done("allocation", t0)
 

@@ -130,7 +130,6 @@ def test_allocate_train_saves_the_trained_adapter(tmp_path, capsys):
 def test_a_score_file_of_another_model_is_refused(tmp_path, capsys, other, message):
     import re
     model, _ = other()
-    model.layerq_name = "another"
     scores_file = tmp_path / "scores.json"
     found = layers(model)
     save_scores(LayerScores("zeta2[kfac]", [1.0] * len(found), tuple(layer.name for layer in found)), model,

@@ -67,7 +67,7 @@ class Edition:
 
 def tutorial_paths(notebooks=None, *, folder: Path | None = None) -> list[Path]:
     """The tutorials to build, in order: all eight, or those whose number is in `notebooks` ("06", 1)."""
-    from ..ui._assets import tutorials_folder
+    from ..tutorials import tutorials_folder
     folder = Path(folder) if folder is not None else tutorials_folder()
     paths = sorted(folder.glob("0*.ipynb"))
     if notebooks is None:

@@ -95,7 +95,7 @@ class Allocation(Stepper):
 
     def _reference_text(self):
         r = self.result
-        gap = "skipped" if r.reference is None else f"{r.reference_gap:.2e} (cvxpy status: {r.reference.status})"
+        gap = "skipped" if r.reference is None else f"{r.reference_gap:.2e} (cvxpy status: {r.reference.solver.status})"
         return (f"Closed form vs cvxpy (Clarabel): max |r_k - r_k(cvxpy)| = {gap}; nu = {r.solution.nu:.6g} vs "
                 f"{r.reference.nu if r.reference is not None else float('nan'):.6g}. "
                 f"KKT residual of the closed form: {r.kkt_residual:.1e}.")

@@ -468,7 +468,7 @@ class Pruning(Stepper):
             cone = "exponential cone" if self.penalty.value == "log" else "a quadratic program"
             nu_note = ("" if int((~sol.active_lower & ~sol.active_upper).sum()) else
                        " (every layer sits at a bound: any nu in an interval satisfies the KKT conditions)")
-            lines.append(f"cvxpy (Clarabel, {cone}; crosses on the right): status {p.reference.status}, "
+            lines.append(f"cvxpy (Clarabel, {cone}; crosses on the right): status {p.reference.solver.status}, "
                          f"max |s_k - s_k(cvxpy)| = {p.reference_gap:.1e}, nu = {p.reference.nu:.6g}{nu_note}. "
                          f"KKT residual: closed form {p.kkt_residual:.1e}, cvxpy's answer {p.reference_kkt_residual:.1e}.")
         return "\n".join(lines)
