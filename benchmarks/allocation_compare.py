@@ -16,8 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from layerq_nb import load_model, load_task, score
-from layerq_nb.adapt import (apply_lora_moe, expert_counts, finetune, lora_config, lora_rank_pattern,
-                             rank_costs)
+from layerq_nb.adapt import apply_lora_moe, expert_counts, finetune, lora_config, lora_rank_pattern, rank_costs
 from layerq_nb.influence import layer_influence
 
 

@@ -15,8 +15,8 @@ import platform
 from pathlib import Path
 
 import torch
-
 from bench_scoring import plain_forward_backward, timed
+
 from layerq_nb import layers, load_model, load_task
 from layerq_nb.influence import InnerProducts, layer_influence
 from layerq_nb.tape import run_tape

@@ -394,8 +394,9 @@ def finetune(model: nn.Module, train: Blocks, validation: Blocks, *, steps: int 
     # the train/eval mode of every module come back as they were
     saved = [(p, p.detach().clone(), p.grad) for p in params]
     modes = [(m, m.training) for m in model.modules()]
-    gen = generator if generator is not None else torch.Generator().manual_seed(seed)   # cpu: the same draws anywhere
-    dropout_seed = seed if generator is None else int(torch.randint(2**62, (1,), generator=gen))
+    # cpu on purpose: batch indices from a CPU generator are the same draws on any device
+    gen = generator if generator is not None else torch.Generator().manual_seed(seed)
+    dropout_seed = seed if generator is None else int(torch.randint(2**62, (1,), generator=gen))  # cpu on purpose: a seed
     with _seeded_dropout(dropout_seed, device):
         try:
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)

@@ -23,9 +23,8 @@ import numpy as np
 import torch
 
 from .data import Blocks
-from .models import block_input
+from .models import block_input, weight_matrix
 from .models import layers as find_layers
-from .models import weight_matrix
 from .scores import LayerScores
 
 __all__ = ["block_influence", "input_norms", "outlier_ratio", "hill_alpha", "heavy_tail_alpha", "uniform"]

@@ -808,7 +808,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab.add_argument("--dry-run", action="store_true", help="print the command instead of starting JupyterLab")
     lab.set_defaults(func=cmd_lab)
 
-    from .course.cli import register as register_course     # argparse only: no torch, no nbgrader here
+    from .course.cli import register as register_course  # argparse only: no torch, no nbgrader here
     register_course(sub, parents=[debug])
     return parser
 

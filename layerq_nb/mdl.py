@@ -30,7 +30,8 @@ from .integer import check_swaps, greedy
 if TYPE_CHECKING:
     from .reference import SolverReport
 
-__all__ = [
+# Regret and regret_bound live in regret.py (which imports this module): served by __getattr__ below
+__all__ = [  # noqa: F822
     "AllocationProblem", "PruningProblem", "Solution", "Regret", "BatchAllocation",
     "allocate", "allocate_batch", "prune", "verify", "regret_bound", "bisection_trace", "budget_curve", "normalise",
     "allocation_problem", "pruning_problem",
@@ -399,7 +400,7 @@ def _spend_error(problem, x) -> float:
     return 0.0 if err == 0 else err / scale
 
 
-def _answer(sol: "Solution", program: str, tol: float) -> "Solution":
+def _answer(sol: Solution, program: str, tol: float) -> Solution:
     """The solver's own check before handing an answer out: finite x and nu, x in its box, the budget
     met to rounding. Where the scale of the inputs defeats double precision (a budget that buys
     ~1e-20 of a unit at cost 1e20, or sums that overflow), this says so instead of returning garbage."""
@@ -433,7 +434,7 @@ def _answer(sol: "Solution", program: str, tol: float) -> "Solution":
     return sol
 
 
-def _rescaled(sol: "Solution", problem, scale: float) -> "Solution":
+def _rescaled(sol: Solution, problem, scale: float) -> Solution:
     """A solution of the problem with weights divided by `scale`, restated for the original problem:
     x is unchanged and nu scales by 1 / scale (q phi'(x) = nu w)."""
     if scale == 1.0:

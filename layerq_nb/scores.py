@@ -50,13 +50,13 @@ class LayerScores:
         order = np.argsort(-self.q, kind="stable")[:n]
         return [(self.names[i], float(self.q[i])) for i in order]
 
-    def spearman(self, other: "LayerScores") -> float:
+    def spearman(self, other: LayerScores) -> float:
         """Spearman rank correlation of the two score vectors (same layers)."""
         from scipy.stats import spearmanr
         self._check_same_layers(other)
         return float(spearmanr(self.values, other.values).statistic)
 
-    def kendall(self, other: "LayerScores") -> float:
+    def kendall(self, other: LayerScores) -> float:
         """Kendall's tau between the two score vectors (same layers)."""
         from scipy.stats import kendalltau
         self._check_same_layers(other)
@@ -83,7 +83,7 @@ class LayerScores:
                            "metadata": self.metadata}, indent=1, default=_plain)
 
     @classmethod
-    def from_json(cls, text: str, source: str = "the JSON text") -> "LayerScores":
+    def from_json(cls, text: str, source: str = "the JSON text") -> LayerScores:
         """The inverse of `to_json`, checked: a file that is not one gets a ValueError naming what is wrong."""
         def bad(why):
             return ValueError(f"{source} is not a saved LayerScores: {why}. Save scores with scores.save(path) "
@@ -127,7 +127,7 @@ class LayerScores:
         return path
 
     @classmethod
-    def load(cls, path) -> "LayerScores":
+    def load(cls, path) -> LayerScores:
         path = Path(path)
         try:
             text = path.read_text()

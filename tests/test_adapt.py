@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from layerq_nb.adapt import (apply_lora_moe, expert_counts, finetune, lora_config, lora_rank_pattern)
+from layerq_nb.adapt import apply_lora_moe, expert_counts, finetune, lora_config, lora_rank_pattern
 from layerq_nb.scores import LayerScores
 
 

@@ -4,7 +4,6 @@ says what differs (and, for the usual slips, why); an answer that raises is cont
 from __future__ import annotations
 
 import math
-from itertools import permutations
 
 import numpy as np
 import pytest

@@ -84,7 +84,7 @@ def test_the_pipeline_runs_on_each_family(family):
         np.testing.assert_allclose(report.achieved, [0.5, 0.7], atol=0.05)
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters()), "weights not restored"
 
-    budget = int(3 * rank_costs(model, None).sum())
+    budget = int(3 * rank_costs(model, target_modules=None).sum())
     allocation = lora_rank_pattern(model, scores, budget, target_modules=None)
     peft_model = get_peft_model(model, lora_config(allocation))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

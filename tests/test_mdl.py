@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from strategies import allocation_instances, pruning_instances, scores
 
 from layerq_nb import mdl, reference
-from strategies import allocation_instances, pruning_instances, scores
 
 # LAYERQ_EXAMPLES=2000 for a thorough run; CI keeps the default lean
 EXAMPLES = int(os.environ.get("LAYERQ_EXAMPLES", 60))

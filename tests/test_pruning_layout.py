@@ -32,7 +32,7 @@ def test_constants_old_names_and_the_package_level_exports():
     for name in pruning.__all__:
         assert getattr(pruning, name) is not None
     with pytest.raises(AttributeError):
-        pruning.no_such_name
+        _ = pruning.no_such_name
 
 
 @pytest.mark.parametrize("module", ["maps", "masks", "apply", "sweeps"])

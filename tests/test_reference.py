@@ -70,7 +70,7 @@ def test_the_solver_report_rides_along():
     # the names notebooks 04 and 05 read on the former ReferenceSolution
     assert (ref.status, ref.polished) == (report.status, report.polished) and ref.x_solver is report.x_solver
     with pytest.raises(AttributeError, match="solver report"):
-        mdl.allocate([0.5, 0.5], 2.0).status
+        _ = mdl.allocate([0.5, 0.5], 2.0).status
     raw = _quiet(reference.allocate, [0.5, 0.3, 0.2], 6.0, polish=False)
     assert not raw.solver.polished
     np.testing.assert_array_equal(raw.x, raw.solver.x_solver)   # no bound is near: x is the solver's own

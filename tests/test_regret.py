@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import scores
 
 from layerq_nb import mdl, regret, regret_constants
-from strategies import scores
 
 EXAMPLES = int(os.environ.get("LAYERQ_EXAMPLES", 60))
 

@@ -14,7 +14,6 @@ import layerq_nb as lq  # noqa: E402
 from layerq_nb.ui import steps  # noqa: E402
 from layerq_nb.ui.views import LayerStack, MaskHeatmap, WaterFill, from_bytes, pool_mask  # noqa: E402
 
-
 # ----------------------------------------------------------------------------- views
 
 def _synced_bytes(widget) -> int:
@@ -255,7 +254,7 @@ def test_pruning_stepper_program_b_and_maps(tiny, pruning_stepper):
     assert w.step.value == 1 and w.error is None and w.figure is not None
     maps = w.sparsity_maps()
     assert set(maps.per_layer) == {"uniform", "owl", "mdl", "mdl-reverse"}
-    for name, s in maps.per_layer.items():
+    for s in maps.per_layer.values():
         assert sizes @ s / sizes.sum() == pytest.approx(0.6, abs=1e-12)
     np.testing.assert_array_equal(maps["mdl"], p.solution.x)
     np.testing.assert_allclose(maps["mdl-reverse"], 1.2 - p.solution.x)

@@ -13,12 +13,30 @@ from __future__ import annotations
 import importlib
 import os
 
-from ._core import (REGISTRY, RESULTS, Exercise, Mismatch, NotAnswered, Verdict, call, check, close, equal,
-                    exercise, get, instance_rng, mode, passed, progress, run_solution)
+from ._core import (
+    REGISTRY,
+    RESULTS,
+    Exercise,
+    Mismatch,
+    NotAnswered,
+    Verdict,
+    call,
+    check,
+    close,
+    equal,
+    exercise,
+    get,
+    instance_rng,
+    mode,
+    passed,
+    progress,
+    run_solution,
+)
 from .reveal import hint, solution
 
 __all__ = ["check", "hint", "solution", "passed", "progress", "exercises", "solution_code", "Exercise", "Verdict",
-           "Mismatch", "NotAnswered", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode"]
+           "Mismatch", "NotAnswered", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode",
+           "REGISTRY", "RESULTS", "get", "run_solution"]
 
 NOTEBOOKS = tuple(f"{i:02d}" for i in range(8))
 NO_SOLUTIONS = ("this edition of layerq_nb ships no solutions: try the hints (ex.hint), then ask your "

@@ -1,7 +1,7 @@
 """Checks for notebook 00 (the tour): count the layers, build the next-token loss, normalise gains to q."""
 from __future__ import annotations
-# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import math
 
 import numpy as np
@@ -147,8 +147,8 @@ def _next_token_nll(next_token_nll, model=None, blocks=None) -> str:
     if model is None or blocks is None:
         return ("the mean NLL over the targets that are not -100, position t predicting t + 1; its exp is "
                 "the perplexity.")
-    from ..evaluate import perplexity
     from ..data import Blocks
+    from ..evaluate import perplexity
     rows, n = min(2, len(blocks)), min(64, blocks.block_size)      # two short blocks: two cheap forwards
     real = Blocks(blocks.input_ids[:rows, :n], blocks.labels[:rows, :n], blocks.attention_mask[:rows, :n],
                   blocks.task, blocks.split)

@@ -1,7 +1,7 @@
 """Checks for notebook 01 (gradient isolation): a weight gradient from hooks, per-layer squared norms."""
 from __future__ import annotations
-# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import contextlib
 
 import numpy as np
@@ -148,7 +148,7 @@ def _weight_grad(weight_grad, model=None, blocks=None) -> str:
             expected = torch.autograd.grad(loss_of(x), module.weight)[0]
         leaf = x.clone().requires_grad_(True)           # the input carries the gradient, as the embedding's does
         try:
-            got = _run_learner(weight_grad, module, lambda: loss_of(leaf), params, where)
+            got = _run_learner(weight_grad, module, lambda loss_of=loss_of, leaf=leaf: loss_of(leaf), params, where)
         except Mismatch as why:
             if x.ndim < 3 or "your function raised" not in str(why):
                 raise

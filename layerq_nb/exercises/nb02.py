@@ -7,8 +7,8 @@ targets (b: per-token gradients of the *summed* loss), eigenvalues clipped at 0,
 lambda = damping * mean eigenvalue of A (x) G = damping * mean(alpha) * mean(gamma).
 """
 from __future__ import annotations
-# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import numpy as np
 
 from ._core import Mismatch, call, close, exercise, instance_rng

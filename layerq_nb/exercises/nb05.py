@@ -1,8 +1,8 @@
 """Checks for notebook 05 (pruning): MDL program B's closed form and its solve, the magnitude mask and the
 Wanda mask of one matrix, each run on hidden instances against the package's own implementation."""
 from __future__ import annotations
-# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import numpy as np
 
 from ._core import Mismatch, call, close, exercise, instance_rng
@@ -205,7 +205,6 @@ def _wanda_instance(rng: np.random.Generator, shape, tokens: int, kind: str):
                  "Argsort the scores along dim 1 (the inputs), take the first int(s * d_in) column indices of every "
                  "row and mark them True in a boolean mask of W's shape (scatter_ along dim 1, or fancy indexing)."))
 def _wanda(wanda, weight=None, inputs=None, sparsity=None) -> str:
-    import torch
 
     from ..pruning import wanda_mask
     cases = [((4, 8), 20, 0.5, "normal"), ((6, 7), 9, 0.5, "normal"), ((5, 12), 10, 0.0, "normal"),

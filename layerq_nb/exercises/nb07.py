@@ -7,8 +7,8 @@ processes on this machine (gloo, a fresh file store: no port to collide with ano
 returns what each rank's function returned, with a deadline so a learner's bug never hangs a notebook.
 """
 from __future__ import annotations
-# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import contextlib
 import multiprocessing as mp
 import os

@@ -5,8 +5,8 @@ import ipywidgets as widgets
 import numpy as np
 
 from .. import mdl
-from .steps import allocation_steps, regret_curve, shapley_convergence
 from .stepper import Step, Stepper
+from .steps import allocation_steps, regret_curve, shapley_convergence
 from .views import LayerStack, WaterFill
 
 __all__ = ["Allocation", "TransferRegret", "ShapleyConvergence"]

@@ -9,8 +9,8 @@ import numpy as np
 from IPython import get_ipython
 
 from . import steps as st
-from .steps import curvature_study, gradient_isolation, newton_line
 from .stepper import Step, Stepper
+from .steps import curvature_study, gradient_isolation, newton_line
 from .views import LayerStack, MaskHeatmap
 
 __all__ = ["GradientIsolation", "Curvature", "Pruning"]
@@ -139,7 +139,7 @@ class Curvature(Stepper):
         ax = fig.subplots()
         x = np.arange(len(self.study.layers))
         width = 0.8 / (len(self.study.zeta2) + 1)
-        for i, (name, table) in enumerate(self.study.zeta2.items()):
+        for i, name in enumerate(self.study.zeta2):
             v = self.study.at(name, self.damping.value)
             ax.bar(x + i * width, v / v.sum(), width, label=name)
         g = self.study.grad_norm2

@@ -3,7 +3,6 @@ in chromium. Checks each view renders inside an output area, that clicking and s
 is drawn (and reach the kernel), and that no widget failed to load and no console error appeared."""
 from __future__ import annotations
 
-
 import nbformat
 import pytest
 from playwright.sync_api import expect

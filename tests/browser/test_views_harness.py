@@ -2,7 +2,6 @@
 request is served from the repository or refused), no console errors, and interaction redraws."""
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 from playwright.sync_api import expect
