@@ -1,13 +1,15 @@
-"""Damped curvature blocks H~_kk and their solves, one strategy per name
+"""Damped curvature blocks H~_kk behind one interface, one fitter per name
 (K-FAC: Martens & Grosse, "Optimizing Neural Networks with Kronecker-factored Approximate Curvature",
-arXiv 1503.05671; EK-FAC: George et al., "Fast Approximate Natural Gradient Descent in a Kronecker-factored
-Eigenbasis", arXiv 1806.03884).
+arXiv 1503.05671, section 3; EK-FAC: George, Laurent, Bouthillier, Ballas, Vincent, "Fast Approximate Natural
+Gradient Descent in a Kronecker-factored Eigenbasis", arXiv 1806.03884, section 3; the interface follows
+curvlinops' operators, Dangel et al.).
 
-Every strategy returns, per linear module (or per layer for "exact"), an object with `solve(g)`
-computing (H + lambda I)^-1 g and the damping `lam` it used. Damping: `"absolute"` adds lambda I;
-`"relative"` (default) adds lambda times the mean eigenvalue of H (trace / dimension).
+`FITTERS` maps a name to a fitter; `fit` runs it and returns one `Solve` per linear module (per layer for
+"exact"), each with its mean eigenvalue, `with_damping(value, mode)`, `solve(g)` = (H + lam I)^-1 g,
+`matvec(v)` = (H + lam I) v and `zeta2(g)` = g^T (H + lam I)^-1 g. Damping (`damping_level`, the one place
+it is computed): "absolute" adds lambda I; "relative" (default) lambda times the mean eigenvalue of H.
 
-    identity  H = I, lambda absolute:              zeta^2 = ||g||^2 / lambda (the grad-norm baseline)
+    identity  no curvature, unit scale:            zeta^2 = ||g||^2 / lambda (the grad-norm baseline)
     diag      H = diag Fisher (1/N) sum_t (b_t^2)(a_t^2)^T
     kfac      H = A (x) G, A = (1/T) sum_t a a^T, G = (1/N) sum_t b b^T   (Martens & Grosse 2015)
     ekfac     H = Q diag(Lambda) Q^T in the K-FAC eigenbasis Q = Q_A (x) Q_G, with
@@ -24,41 +26,122 @@ T counts the tokens the factors saw and N the loss targets, so A (x) G, diag and
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
+import numbers
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from torch import nn
 from torch.func import functional_call, jvp, vjp
+from tqdm.auto import tqdm
 
-from .data import IGNORE, Blocks
+from .data import IGNORE, Blocks, check_batch_size
 from .models import layers as find_layers
+from .models import weight_matrix
+from .shard import local_blocks
+from .tape import DiagonalFisher, EKFACCorrection, GradientSum, KFACFactors, Phase, Reducer, all_reduce, run_tape
 
-__all__ = ["CURVATURES", "DAMPING_MODES", "damping_level", "ModuleSolve", "float32_is_enough", "symmetric_eigen",
-           "kfac_eigen", "ggn_vector_product", "ExactLayer", "exact_layer"]
+__all__ = ["CURVATURES", "FACTORED", "DAMPING_MODES", "FISHERS", "FITTERS", "CurvatureOptions", "damping_level",
+           "Solve", "ModuleSolve", "IdentitySolve", "ExactSolve", "ModuleSolves", "Passes", "fit",
+           "float32_is_enough", "symmetric_eigen", "kfac_eigen", "ggn_vector_product", "exact_operator", "ExactLayer",
+           "exact_layer"]
 
-CURVATURES = ("identity", "diag", "kfac", "ekfac", "exact")
 DAMPING_MODES = ("relative", "absolute")
+FISHERS = ("sampled", "empirical")
+
+
+def check_damping(damping) -> float:
+    """damping as a float, or a ValueError that says what to pass."""
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real) or not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"damping must be a finite number >= 0 (e.g. 0.1, relative to the mean eigenvalue), "
+                         f"got {damping!r}")
+    return float(damping)
 
 
 def damping_level(damping: float, mode: str, mean_eigenvalue: float) -> float:
     """lambda = damping ("absolute") or damping * mean eigenvalue of H ("relative")."""
-    if not (isinstance(damping, (int, float)) or hasattr(damping, "__float__")) or not float(damping) >= 0 \
-            or float(damping) == float("inf"):
-        raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
     if mode == "absolute":
-        return float(damping)
+        return check_damping(damping)
     if mode == "relative":
-        return float(damping) * float(mean_eigenvalue)
-    raise ValueError(f"damping_mode must be 'absolute' or 'relative', got {mode!r}")
+        return check_damping(damping) * float(mean_eigenvalue)
+    raise ValueError(f"damping_mode must be one of {', '.join(DAMPING_MODES)}, got {mode!r}")
+
+
+@dataclass(frozen=True)
+class CurvatureOptions:
+    """The curvature settings of a scoring pass, checked once, before any pass runs."""
+    curvature: str = "kfac"          # a name in FITTERS
+    damping: float = 0.1             # lambda ("absolute") or lambda / mean eigenvalue ("relative")
+    damping_mode: str = "relative"
+    fisher: str = "sampled"          # labels drawn from the model (true Fisher) or the data's (empirical)
+    max_dense: int = 1024            # "exact": layers with at most this many weights are built densely
+
+    def __post_init__(self):
+        if self.curvature not in CURVATURES:
+            raise ValueError(f"unknown curvature {self.curvature!r}: use one of {', '.join(CURVATURES)}")
+        check_damping(self.damping)
+        if self.damping_mode not in DAMPING_MODES:
+            raise ValueError(f"damping_mode must be one of {', '.join(DAMPING_MODES)}, got {self.damping_mode!r}")
+        if self.fisher not in FISHERS:
+            raise ValueError(f"fisher must be 'sampled' (true Fisher) or 'empirical' (data labels), got {self.fisher!r}")
+        if isinstance(self.max_dense, bool) or not isinstance(self.max_dense, numbers.Integral) or self.max_dense < 0:
+            raise ValueError(f"max_dense must be a whole number >= 0, got {self.max_dense!r}")
+
+    def require_factored(self, user: str) -> CurvatureOptions:
+        """self, or a ValueError when `user` needs one solve per module and the curvature is "exact"."""
+        if self.curvature not in FACTORED:
+            raise ValueError(f"{user} uses the factored curvatures: {', '.join(FACTORED)}; got {self.curvature!r}")
+        return self
+
+
+# ----------------------------------------------------------------------------- the solve objects
+
+class Solve:
+    """(H + lam I) for one module's (d_out, d_in) weight, or one layer's flattened weights ("exact")."""
+    lam: float
+    mean_eigenvalue: float           # trace(H) / dimension: what relative damping multiplies
+
+    def with_damping(self, value: float, mode: str = "relative") -> Solve:
+        """The same curvature with lam = value ("absolute") or value * mean eigenvalue ("relative")."""
+        return dataclasses.replace(self, lam=damping_level(value, mode, self.mean_eigenvalue))
+
+    def solve(self, g: torch.Tensor) -> torch.Tensor:      # pragma: no cover - interface
+        raise NotImplementedError
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:     # pragma: no cover - interface
+        raise NotImplementedError
+
+    def zeta2(self, g: torch.Tensor) -> float:
+        """g^T (H + lam I)^-1 g (arXiv 2603.00910, section 3)."""
+        return self.zeta2_report(g)[0]
+
+    def zeta2_report(self, g: torch.Tensor) -> tuple[float, dict]:
+        """zeta^2 and what the solver says about it (conjugate gradients: iterations and residual)."""
+        return float((g.double() * self.solve(g).double()).sum()), {}
+
+    def zeta2_grid(self, g: torch.Tensor, dampings: Iterable[float], mode: str = "relative") -> np.ndarray:
+        """zeta^2 at each damping of a grid."""
+        return np.array([self.with_damping(d, mode).zeta2(g) for d in dampings])
 
 
 @dataclass(frozen=True, eq=False)
-class ModuleSolve:
-    """(H + lam I)^-1 for one module's (d_out, d_in) weight, stored as a diagonal in a rotated basis:
-    solve(g) = Q_G [(Q_G^T g Q_A) / (eig + lam)] Q_A^T; identity and diag use Q = I."""
+class ModuleSolve(Solve):
+    """H stored as a diagonal in a rotated basis: solve(g) = Q_G [(Q_G^T g Q_A) / (eig + lam)] Q_A^T;
+    diag uses Q = I."""
     eig: torch.Tensor                  # (d_out, d_in) eigenvalues of H in the basis
     lam: float
     q_a: torch.Tensor | None = None    # (d_in, d_in)
     q_g: torch.Tensor | None = None    # (d_out, d_out)
+
+    @property
+    def mean_eigenvalue(self) -> float:
+        return float(self.eig.mean(dtype=torch.float64))
+
+    def spectrum(self) -> torch.Tensor:
+        return self.eig
 
     def solve(self, g: torch.Tensor) -> torch.Tensor:
         if self.q_a is None:
@@ -67,10 +150,37 @@ class ModuleSolve:
         return self.q_g @ (rotated / (self.eig + self.lam)) @ self.q_a.T
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
-        """(H + lam I) v, for checks against dense references."""
         if self.q_a is None:
             return v * (self.eig + self.lam)
         return self.q_g @ ((self.q_g.T @ v @ self.q_a) * (self.eig + self.lam)) @ self.q_a.T
+
+    def zeta2_grid(self, g: torch.Tensor, dampings: Iterable[float], mode: str = "relative") -> np.ndarray:
+        """sum_i (Q^T g)_i^2 / (e_i + lam) per damping, in float64: the gradient is rotated once, so a
+        slider over the grid costs no matmul."""
+        g = g.double()
+        r2 = (g if self.q_a is None else self.q_g.T.double() @ g @ self.q_a.double()) ** 2
+        eig, mean = self.eig.double().expand_as(r2), self.mean_eigenvalue
+        return np.array([float((r2 / (eig + damping_level(d, mode, mean))).sum()) for d in dampings])
+
+
+@dataclass(frozen=True, eq=False)
+class IdentitySolve(Solve):
+    """No curvature: (lam I)^-1 g = g / lam, so zeta^2 = ||g||^2 / lam. Its scale is 1, so both damping
+    modes give lam = damping."""
+    lam: float
+    mean_eigenvalue = 1.0
+
+    def spectrum(self) -> torch.Tensor:
+        return torch.ones(1)       # cpu on purpose: the unit scale, for plots
+
+    def solve(self, g: torch.Tensor) -> torch.Tensor:
+        return g / self.lam
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return v * self.lam
+
+    def zeta2_grid(self, g: torch.Tensor, dampings: Iterable[float], mode: str = "relative") -> np.ndarray:
+        return float((g.double() ** 2).sum()) / np.array([damping_level(d, mode, 1.0) for d in dampings])
 
 
 # float32 is kept when eps32 * sqrt(n) * (largest / mean eigenvalue) stays under this (see
@@ -178,6 +288,64 @@ def ggn_vector_product(model, blocks: Blocks, layer_index: int, v: dict, batch_s
 
 
 @dataclass(frozen=True, eq=False)
+class ExactSolve(Solve):
+    """G_kk + lam I for one layer's flattened weights (dimension D): Cholesky on the dense block when it
+    was built, else conjugate gradients on Gauss-Newton-vector products."""
+    gvp: Callable[[torch.Tensor], torch.Tensor]   # x (D,) float64 -> G_kk x
+    mean_eigenvalue: float                         # trace / D (Hutchinson estimate on the CG path)
+    lam: float = 0.0
+    dense: torch.Tensor | None = None              # (D, D) float64 G_kk when built densely
+    cg_tol: float = 1e-6
+    cg_max_iter: int = 200
+
+    def cg(self, g: torch.Tensor) -> tuple[torch.Tensor, int, float]:
+        """(G_kk + lam I)^-1 g, the CG iterations (0 when dense) and the relative residual ||r|| / ||g||."""
+        if self.dense is not None:
+            eye = torch.eye(len(self.dense), dtype=torch.float64, device=self.dense.device)
+            chol = torch.linalg.cholesky(self.dense + self.lam * eye)
+            return torch.cholesky_solve(g[:, None], chol)[:, 0], 0, 0.0
+        return _conjugate_gradients(lambda y: self.gvp(y) + self.lam * y, g, self.cg_tol, self.cg_max_iter)
+
+    def solve(self, g: torch.Tensor) -> torch.Tensor:
+        return self.cg(g)[0]
+
+    def matvec(self, v: torch.Tensor) -> torch.Tensor:
+        return (self.gvp(v) if self.dense is None else self.dense @ v) + self.lam * v
+
+    def zeta2_report(self, g: torch.Tensor) -> tuple[float, dict]:
+        x, iterations, residual = self.cg(g)
+        return float(g @ x), {"cg_iterations": iterations, "cg_residual": residual}
+
+
+def exact_operator(model: nn.Module, blocks: Blocks, layer_index: int, *, max_dense: int = 1024,
+                   hutchinson_probes: int = 8, seed: int = 0, batch_size: int = 4, cg_tol: float = 1e-6,
+                   cg_max_iter: int = 200) -> ExactSolve:
+    """Layer k's undamped Gauss-Newton block: dense (D <= max_dense), built column by column from
+    Gauss-Newton-vector products, or as products alone with the mean eigenvalue a Hutchinson trace
+    estimate (Rademacher probes, seeded; Hutchinson, "A stochastic estimator of the trace of the influence
+    matrix", 1990)."""
+    _, names = _layer_params(model, layer_index)
+    like = {n: p for n, p in model.named_parameters() if n in names}
+    device = next(model.parameters()).device         # the products run there
+
+    def gvp(x):
+        return _flatten(ggn_vector_product(model, blocks, layer_index, _unflatten(x.float(), like, names),
+                                           batch_size=batch_size), names).double()
+
+    dim = sum(p.numel() for p in like.values())
+    if dim <= max_dense:
+        dense = torch.stack([gvp(e) for e in torch.eye(dim, dtype=torch.float64, device=device)], dim=1)
+        dense = (dense + dense.T) / 2
+        return ExactSolve(gvp, float(torch.trace(dense)) / dim, dense=dense)
+    # cpu on purpose: the probes are drawn on the CPU so a seed gives the same trace estimate on any device
+    gen = torch.Generator().manual_seed(seed)
+    probes = [torch.randint(0, 2, (dim,), generator=gen).to(device).double() * 2 - 1  # cpu on purpose: as above
+              for _ in range(hutchinson_probes)]
+    mean_eig = float(sum(z @ gvp(z) for z in probes)) / (hutchinson_probes * dim)
+    return ExactSolve(gvp, mean_eig, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
+
+
+@dataclass(frozen=True, eq=False)
 class ExactLayer:
     """The exact damped Gauss-Newton block of one layer: zeta^2 = g^T (G_kk + lam I)^-1 g."""
     zeta2: float
@@ -186,6 +354,20 @@ class ExactLayer:
     dense: torch.Tensor | None        # (D, D) G_kk when built densely, else None
     cg_iterations: int                # 0 on the dense path
     cg_residual: float                # relative residual ||r|| / ||g|| of the final CG iterate
+
+
+def exact_layer(model: nn.Module, blocks: Blocks, layer_index: int, grad: dict, *, damping: float = 0.1,
+                damping_mode: str = "relative", max_dense: int = 1024, cg_tol: float = 1e-6, cg_max_iter: int = 200,
+                hutchinson_probes: int = 8, seed: int = 0, batch_size: int = 4) -> ExactLayer:
+    """zeta_k^2 with the exact Gauss-Newton block (`exact_operator`); `grad` maps parameter names to
+    weight-shaped gradients."""
+    _, names = _layer_params(model, layer_index)
+    op = exact_operator(model, blocks, layer_index, max_dense=max_dense, hutchinson_probes=hutchinson_probes,
+                        seed=seed, batch_size=batch_size, cg_tol=cg_tol, cg_max_iter=cg_max_iter)
+    op = op.with_damping(damping, damping_mode)
+    zeta2, report = op.zeta2_report(_flatten(grad, names).to(next(model.parameters()).device).double())
+    return ExactLayer(zeta2, op.lam, op.mean_eigenvalue, None if op.dense is None else op.dense.float(),
+                      report["cg_iterations"], report["cg_residual"])
 
 
 def _flatten(d: dict, names) -> torch.Tensor:
@@ -201,42 +383,9 @@ def _unflatten(x: torch.Tensor, like: dict, names) -> dict:
     return out
 
 
-def exact_layer(model, blocks: Blocks, layer_index: int, grad: dict, damping: float = 0.1,
-                damping_mode: str = "relative", max_dense: int = 1024, cg_tol: float = 1e-6,
-                cg_max_iter: int = 200, hutchinson_probes: int = 8, seed: int = 0, batch_size: int = 4) -> ExactLayer:
-    """zeta_k^2 with the exact Gauss-Newton block: dense (D <= max_dense) or conjugate gradients.
-
-    Dense: G_kk column by column from Gauss-Newton-vector products, then a Cholesky solve. CG: the
-    mean eigenvalue for relative damping is a Hutchinson trace estimate (Rademacher probes, seeded).
-    """
-    _, names = _layer_params(model, layer_index)
-    g = _flatten(grad, names).to(next(model.parameters()).device).double()   # the products run there
-    dim = g.numel()
-
-    def gvp(x):
-        return _flatten(ggn_vector_product(model, blocks, layer_index, _unflatten(x.float(), grad, names),
-                                           batch_size=batch_size), names).double()
-
-    if dim <= max_dense:
-        dense = torch.stack([gvp(e) for e in torch.eye(dim, dtype=torch.float64, device=g.device)], dim=1)
-        dense = (dense + dense.T) / 2
-        mean_eig = float(torch.trace(dense)) / dim
-        lam = damping_level(damping, damping_mode, mean_eig)
-        chol = torch.linalg.cholesky(dense + lam * torch.eye(dim, dtype=torch.float64, device=g.device))
-        x = torch.cholesky_solve(g[:, None], chol)[:, 0]
-        return ExactLayer(float(g @ x), lam, mean_eig, dense.float(), 0, 0.0)
-    # cpu on purpose: the probes are drawn on the CPU so a seed gives the same trace estimate on any device
-    gen = torch.Generator().manual_seed(seed)
-    probes = [torch.randint(0, 2, (dim,), generator=gen).to(g.device).double() * 2 - 1  # cpu on purpose: as above
-              for _ in range(hutchinson_probes)]
-    mean_eig = float(sum(z @ gvp(z) for z in probes)) / (hutchinson_probes * dim)
-    lam = damping_level(damping, damping_mode, mean_eig)
-    x, iters, res = _conjugate_gradients(lambda y: gvp(y) + lam * y, g, cg_tol, cg_max_iter)
-    return ExactLayer(float(g @ x), lam, mean_eig, None, iters, res)
-
-
 def _conjugate_gradients(matvec, b, tol, max_iter):
-    """Solve M x = b for symmetric positive definite M; returns x, iterations, relative residual."""
+    """Solve M x = b for symmetric positive definite M; returns x, iterations, relative residual
+    (Hestenes & Stiefel, "Methods of Conjugate Gradients for Solving Linear Systems", 1952)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = r.clone()
@@ -253,3 +402,151 @@ def _conjugate_gradients(matvec, b, tol, max_iter):
         p = r + (rs_new / rs) * p
         rs = rs_new
     return x, max_iter, float(rs.sqrt()) / norm_b
+
+
+# ----------------------------------------------------------------------------- fitting
+
+@dataclass(frozen=True)
+class Passes:
+    """How the statistics passes run: model, blocks (each process takes its shard), batch size, the
+    sampled labels' seed, and the layers whose modules are reduced (`only`, None for all)."""
+    model: nn.Module
+    blocks: Blocks
+    batch_size: int = 1
+    seed: int = 0
+    progress: bool = True
+    only: frozenset | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.blocks, Blocks) or len(self.blocks) == 0:
+            raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
+        if self.blocks.n_targets == 0:
+            raise ValueError(f"every label of the {self.blocks.task!r} blocks is masked: there is no loss to "
+                             "differentiate")
+        check_batch_size(self.batch_size)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral):
+            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
+
+    def layers(self) -> list:
+        return [layer for layer in find_layers(self.model) if self.only is None or layer.index in self.only]
+
+    def keys(self) -> list[tuple[int, str]]:
+        """(layer index, module name) of every module reduced, in model order."""
+        return [(layer.index, name) for layer in self.layers() for name in layer.linears]
+
+    def run(self, reducers: list[Reducer], labels: str, reduction: str, desc: str,
+            gradients: GradientSum | None = None) -> None:
+        """One pass over this process's blocks feeding `reducers` (and `gradients` of the mean data loss from
+        the same forward pass), the sums then all-reduced across processes (see `tape.run_tape`)."""
+        shard, ids = local_blocks(self.blocks)
+        then = [Phase([gradients], "data", "mean")] if gradients is not None else None
+        run_tape(self.model, shard, reducers, labels=labels, reduction=reduction, batch_size=self.batch_size,
+                 seed=self.seed, block_ids=ids, n_targets=self.blocks.n_targets, progress=self.progress, desc=desc,
+                 only=self.only, then=then)
+        all_reduce([*reducers, *([gradients] if gradients is not None else [])])
+
+    def gradients(self) -> dict:
+        """g per (layer, module): the weight gradient of the mean loss over all of the blocks' targets."""
+        grads = GradientSum()
+        self.run([grads], "data", "mean", "gradients")
+        return grads.state
+
+
+@dataclass(frozen=True, eq=False)
+class ModuleSolves:
+    """What `fit` returns: a `Solve` per (layer, module) key ((layer, "*") for "exact"), and, when asked,
+    the gradients of the mean data loss under the same keys (flattened per layer for "exact")."""
+    solves: dict
+    gradients: dict | None = None
+
+    def __iter__(self):      # `solves, grads = module_solves(..., gradients=True)`, as notebook 02 unpacks it
+        return iter((self.solves, self.gradients))
+
+    def with_damping(self, value: float, mode: str = "relative") -> ModuleSolves:
+        return ModuleSolves({k: s.with_damping(value, mode) for k, s in self.solves.items()}, self.gradients)
+
+    def newton(self) -> tuple[dict, float]:
+        """The damped Newton steps Delta_k = (H + lam I)^-1 g_k per key and zeta^2 = sum_k g_k^T Delta_k."""
+        steps = {k: s.solve(self.gradients[k]) for k, s in self.solves.items()}
+        return steps, float(sum((self.gradients[k].double() * step.double()).sum() for k, step in steps.items()))
+
+
+class _KFACEigen(KFACFactors):
+    """K-FAC factors decomposed one module at a time, each factor freed once decomposed (measured on
+    SmolLM2-135M: 1.1 GB of factors against a 4 GiB budget)."""
+
+    def __init__(self):
+        super().__init__()
+        self.input_eigen: dict = {}         # A's owner -> (alpha, Q_A)
+
+    def eigen(self, key, n_targets: int) -> tuple:
+        """(alpha, Q_A, gamma, Q_G) of A = sum a a^T / T and G = sum b b^T / N; q/k/v (and gate/up) share
+        one A, decomposed once."""
+        owner = self.a_owner[key]
+        if owner not in self.input_eigen:
+            self.input_eigen[owner] = symmetric_eigen(self.state.pop(("A", *owner)).div_(self.tokens))
+        return (*self.input_eigen[owner], *symmetric_eigen(self.state.pop(("G", *key)).div_(n_targets)))
+
+
+def _statistics(passes: Passes, options: CurvatureOptions, reducer: Reducer, desc: str, gradients: bool):
+    """The first statistics pass, with the gradients riding on it when asked (one forward, two backwards)."""
+    grads = GradientSum() if gradients else None
+    passes.run([reducer], "sampled" if options.fisher == "sampled" else "data", "sum", desc, grads)
+    return None if grads is None else grads.state
+
+
+def _fit_identity(passes: Passes, options: CurvatureOptions, gradients: bool):
+    return {k: IdentitySolve(lam=0.0) for k in passes.keys()}, passes.gradients() if gradients else None
+
+
+def _fit_diag(passes: Passes, options: CurvatureOptions, gradients: bool):
+    fisher = DiagonalFisher()
+    grads = _statistics(passes, options, fisher, "gradients + diag Fisher", gradients)
+    n = passes.blocks.n_targets
+    return {k: ModuleSolve(fisher.state.pop(k).div_(n), 0.0) for k in passes.keys()}, grads
+
+
+def _fit_kfac(passes: Passes, options: CurvatureOptions, gradients: bool, corrected: bool = False):
+    factors = _KFACEigen()
+    grads = _statistics(passes, options, factors, "gradients + K-FAC factors", gradients)
+    n = passes.blocks.n_targets
+    bases = {k: factors.eigen(k, n) for k in passes.keys()}        # k -> (alpha, Q_A, gamma, Q_G)
+    if not corrected:
+        return {k: ModuleSolve(torch.outer(gamma, alpha), 0.0, q_a, q_g)
+                for k, (alpha, q_a, gamma, q_g) in bases.items()}, grads
+    # EK-FAC never forms K-FAC's eigenvalue grid (0.4 GB on SmolLM2-135M)
+    corr = EKFACCorrection({k: (q_a, q_g) for k, (_, q_a, _, q_g) in bases.items()})
+    passes.run([corr], "sampled" if options.fisher == "sampled" else "data", "sum", "EK-FAC corrections")
+    return {k: ModuleSolve(corr.state.pop(k).div_(n), 0.0, q_a, q_g) for k, (_, q_a, _, q_g) in bases.items()}, grads
+
+
+def _param_shaped(module: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+    """A (d_out, d_in) statistic in the parameter's own layout (transposed for GPT-2's Conv1D)."""
+    return matrix if weight_matrix(module) is module.weight else matrix.T
+
+
+def _fit_exact(passes: Passes, options: CurvatureOptions, gradients: bool):
+    found = passes.layers()
+    grads = passes.gradients() if gradients else None
+    device = next(passes.model.parameters()).device
+    solves, flat = {}, {}
+    for layer in tqdm(found, desc="exact GGN", unit="layer", disable=not passes.progress, leave=False):
+        solves[(layer.index, "*")] = exact_operator(passes.model, passes.blocks, layer.index, max_dense=options.max_dense,
+                                                    seed=passes.seed, batch_size=passes.batch_size)
+        if grads is not None:        # in the order of the parameters G_kk's products use
+            flat[(layer.index, "*")] = torch.cat([_param_shaped(mod, grads[(layer.index, m)]).reshape(-1)
+                                                  for m, mod in layer.linears.items()]).to(device).double()
+    return solves, flat if gradients else None
+
+
+FITTERS: dict[str, Callable] = {"identity": _fit_identity, "diag": _fit_diag, "kfac": _fit_kfac,
+                                "ekfac": functools.partial(_fit_kfac, corrected=True), "exact": _fit_exact}
+CURVATURES = tuple(FITTERS)
+FACTORED = tuple(c for c in CURVATURES if c != "exact")     # one solve per module (exact: one per layer)
+
+
+def fit(passes: Passes, options: CurvatureOptions, *, gradients: bool = False) -> ModuleSolves:
+    """The solves of `options.curvature` for the modules of `passes.only` (all by default), damped as
+    `options` says; `gradients=True` also returns the gradients of the mean data loss under the same keys."""
+    solves, grads = FITTERS[options.curvature](passes, options, gradients)
+    return ModuleSolves({k: s.with_damping(options.damping, options.damping_mode) for k, s in solves.items()}, grads)

@@ -25,9 +25,12 @@ import torch
 
 from .data import Blocks
 from .models import layers as find_layers
+from .models import model_facts
 from .scores import LayerScores
-from .scoring import BATCH_SIZE, FACTORED, _check_options, _shard, module_solves
-from .tape import GradientSum, Reducer, all_reduce, run_tape
+from .curvature import CurvatureOptions, Passes, fit
+from .scoring import BATCH_SIZE
+from .shard import local_blocks
+from .tape import GradientSum, Reducer
 
 __all__ = ["Influence", "layer_influence", "PARAMS", "AGGREGATIONS"]
 
@@ -88,39 +91,32 @@ class Influence:
                            names=self.names, metadata=dict(self.metadata, aggregation=aggregation))
 
 
-def layer_influence(model, train: Blocks, validation: Blocks, curvature: str = "kfac", damping: float = 0.1,
+def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str = "kfac", damping: float = 0.1,
                     damping_mode: str = "relative", params: str = "block", fisher: str = "sampled",
                     batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True) -> Influence:
     """The (training blocks x layers) LayerIF matrix.
 
-    Passes: curvature statistics on `train` (one or two, see `scoring.module_solves`), the summed
+    Passes: curvature statistics on `train` (one or two, see `curvature.fit`), the summed
     per-block validation gradient on `validation`, and one pass over `train` for all per-example
     inner products. params: "block" (every linear map, the paper's text), "attn" (the released code),
     or "mlp".
     """
     if params not in PARAMS:
         raise ValueError(f"params must be one of {', '.join(PARAMS)}, got {params!r}")
-    if curvature not in FACTORED:
-        raise ValueError(f"layer_influence uses the factored curvatures: {', '.join(FACTORED)}; got {curvature!r}")
-    for blocks in (train, validation):      # both checked before the first (long) pass
-        _check_options(blocks, damping, damping_mode, batch_size, seed, fisher)
-    solves = module_solves(model, train, curvature, damping, damping_mode, fisher, batch_size, seed, progress)
-    val_shard, val_ids = _shard(validation)
+    options = CurvatureOptions(curvature, damping, damping_mode, fisher).require_factored("layer_influence")
+    # both sets of blocks checked before the first (long) pass
+    on_train, on_validation = (Passes(model, b, batch_size, seed, progress) for b in (train, validation))
+    solves = fit(on_train, options).solves
     val_grad = GradientSum()
-    run_tape(model, val_shard, [val_grad], labels="data", reduction="block_mean", batch_size=batch_size,
-             block_ids=val_ids, progress=progress, desc="validation gradient")
-    all_reduce([val_grad])
+    on_validation.run([val_grad], "data", "block_mean", "validation gradient")
     vectors = {k: solves[k].solve(g).float() for k, g in val_grad.state.items() if _selected(k[1], params)}
-    shard, ids = _shard(train)
-    inner = InnerProducts(vectors, ids, len(train))
-    run_tape(model, shard, [inner], labels="data", reduction="block_mean", batch_size=batch_size,
-             block_ids=ids, progress=progress, desc="per-example influence")
-    all_reduce([inner])
+    inner = InnerProducts(vectors, local_blocks(train)[1], len(train))
+    on_train.run([inner], "data", "block_mean", "per-example influence")
     found = find_layers(model)
     matrix = np.zeros((len(train), len(found)))
     for (layer, _), values in inner.state.items():
         matrix[:, layer] -= values.cpu().numpy()
     meta = dict(task=train.task, train_blocks=len(train), validation_blocks=len(validation), curvature=curvature,
                 damping=damping, damping_mode=damping_mode, params=params, fisher=fisher, seed=seed,
-                model=getattr(model, "layerq_name", None))
+                model=model_facts(model).name)
     return Influence(matrix=matrix, names=tuple(layer.name for layer in found), metadata=meta)

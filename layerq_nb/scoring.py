@@ -11,44 +11,25 @@ sums are all-reduced, so scores equal the single-process ones.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import curvature as curv
+from .curvature import CURVATURES, FACTORED, FISHERS, CurvatureOptions, ModuleSolves, Passes
 from .data import Blocks, check_batch_size
 from .models import layers as find_layers
-from .models import weight_matrix, weights_restored
+from .models import model_facts, weight_matrix, weights_restored
 from .scores import LayerScores
-from .tape import DiagonalFisher, EKFACCorrection, GradientSum, KFACFactors, all_reduce, run_tape
+from .shard import local_blocks
 
 __all__ = ["score", "layer_gradients", "module_solves", "newton_step", "NewtonStep", "loss_after_step"]
 
 METHODS = ("zeta2", "grad_norm")
-FISHERS = ("sampled", "empirical")
 GRANULARITIES = ("block", "module")
-FACTORED = ("identity", "diag", "kfac", "ekfac")     # the curvatures with one solve object per module
-
-
-def _check_options(blocks, damping, damping_mode, batch_size, seed=0, fisher="sampled"):
-    """Everything a scoring pass takes, checked before the first forward pass."""
-    if not isinstance(blocks, Blocks) or len(blocks) == 0:
-        raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
-    if blocks.n_targets == 0:
-        raise ValueError(f"every label of the {blocks.task!r} blocks is masked: there is no loss to differentiate")
-    if isinstance(damping, bool) or not isinstance(damping, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"damping must be a finite number >= 0 (e.g. 0.1, relative to the mean eigenvalue), "
-                         f"got {damping!r}")
-    if damping_mode not in curv.DAMPING_MODES:
-        raise ValueError(f"damping_mode must be one of {', '.join(curv.DAMPING_MODES)}, got {damping_mode!r}")
-    if fisher not in FISHERS:
-        raise ValueError(f"fisher must be 'sampled' (true Fisher) or 'empirical' (data labels), got {fisher!r}")
-    check_batch_size(batch_size)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"seed must be a whole number, got {seed!r}")
+_shard = local_blocks      # the name exercises/nb07 teaches; `shard.local_blocks` is the public one
 
 # Blocks per forward/backward pass of the scoring passes. On CPU one block per pass costs no time
 # (SmolLM2 EK-FAC scoring of 2,048 tokens: 67 s at 1, 71 s at 4) and keeps the peak memory under
@@ -56,137 +37,79 @@ def _check_options(blocks, damping, damping_mode, batch_size, seed=0, fisher="sa
 BATCH_SIZE = 1
 
 
-def _shard(blocks: Blocks):
-    """This process's blocks and their global indices (all of them outside torch.distributed)."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-        ids = list(range(rank, len(blocks), world))
-        return blocks.subset(ids), ids
-    return blocks, list(range(len(blocks)))
+def layer_gradients(model, blocks: Blocks, *, batch_size: int = BATCH_SIZE, progress: bool = True,
+                    only=None) -> dict:
+    """g per (layer, module): the weight gradient of the mean loss over all of the blocks' targets.
+    `only`: layer indices to differentiate (default all)."""
+    return Passes(model, blocks, batch_size, progress=progress, only=_layer_set(only)).gradients()
 
 
-def _param_shaped(module, matrix):
-    """A (d_out, d_in) statistic in the parameter's own layout (transposed for GPT-2's Conv1D)."""
-    return matrix if weight_matrix(module) is module.weight else matrix.T
-
-
-def layer_gradients(model, blocks: Blocks, batch_size: int = BATCH_SIZE, progress: bool = True) -> dict:
-    """g per (layer, module): the weight gradient of the mean loss over all of the blocks' targets."""
-    shard, ids = _shard(blocks)
-    grads = GradientSum()
-    run_tape(model, shard, [grads], labels="data", reduction="mean", batch_size=batch_size,
-             n_targets=blocks.n_targets, block_ids=ids, progress=progress, desc="gradients")
-    all_reduce([grads])
-    return grads.state
-
-
-def module_solves(model, blocks: Blocks, curvature: str = "kfac", damping: float = 0.1,
+def module_solves(model, blocks: Blocks, curvature: str = "kfac", *, damping: float = 0.1,
                   damping_mode: str = "relative", fisher: str = "sampled", batch_size: int = BATCH_SIZE, seed: int = 0,
-                  progress: bool = True, only=None, gradients: bool = False):
-    """(H + lam I)^-1 per (layer, module) for the factored curvatures: identity, diag, kfac, ekfac.
-    `only`: layer indices to build (default all). `gradients=True` also returns the layer gradients,
-    taken from the same forward passes as the first statistics pass: (solves, grads)."""
-    _check_options(blocks, damping, damping_mode, batch_size, seed, fisher)
-    if curvature not in FACTORED:
-        raise ValueError(f"unknown curvature {curvature!r} here: module_solves builds {', '.join(FACTORED)}")
-    labels = "sampled" if fisher == "sampled" else "data"
-    keys = [(layer.index, name) for layer in find_layers(model) for name in layer.linears
-            if only is None or layer.index in only]
-    if curvature == "identity":   # H = I: the mean eigenvalue is 1, so both damping modes give lam = damping
-        zero = torch.zeros((), device=next(model.parameters()).device)
-        solves = {k: curv.ModuleSolve(eig=zero, lam=float(damping)) for k in keys}
-        return (solves, layer_gradients(model, blocks, batch_size, progress)) if gradients else solves
-    if curvature not in ("diag", "kfac", "ekfac"):
-        raise ValueError(f"unknown curvature {curvature!r}: use one of {', '.join(curv.CURVATURES)}")
-    shard, ids = _shard(blocks)
-    n = blocks.n_targets
-    tape = dict(labels=labels, reduction="sum", batch_size=batch_size, seed=seed, block_ids=ids,
-                n_targets=n, progress=progress, only=only)
-    grads = GradientSum()
-    first = DiagonalFisher() if curvature == "diag" else KFACFactors()
-    run_tape(model, shard, [first], desc="gradients + " + ("diag Fisher" if curvature == "diag" else "K-FAC factors"),
-             then=[([grads], "data", "mean")] if gradients else None, **tape)
-    all_reduce([first, grads])
-
-    def done(solves):
-        return (solves, grads.state) if gradients else solves
-    if curvature == "diag":
-        out = {}
-        for k in keys:
-            d = first.state[k] / n
-            out[k] = curv.ModuleSolve(eig=d, lam=curv.damping_level(damping, damping_mode, float(d.mean())))
-        return done(out)
-    factors = first
-    tokens = factors.tokens
-    eigen, input_eigen = {}, {}
-    # memory: each factor is dropped once decomposed, and EK-FAC never forms K-FAC's eigenvalue grid
-    # (measured on SmolLM2: 1.1 GB of factors and 0.4 GB of grid, against a 4 GiB budget)
-    for k in keys:
-        owner = factors.a_owner[k]          # q/k/v (and gate/up) share one A: decompose it once
-        if owner not in input_eigen:
-            input_eigen[owner] = curv.symmetric_eigen(factors.state.pop(("A", *owner)) / tokens)
-        alpha, q_a = input_eigen[owner]
-        gamma, q_g = curv.symmetric_eigen(factors.state.pop(("G", *k)) / n)
-        eigen[k] = (torch.outer(gamma, alpha) if curvature == "kfac" else None, q_a, q_g)
-    if curvature == "ekfac":
-        corr = EKFACCorrection({k: (q_a, q_g) for k, (_, q_a, q_g) in eigen.items()})
-        run_tape(model, shard, [corr], desc="EK-FAC corrections", **tape)
-        all_reduce([corr])
-        eigen = {k: (corr.state[k].div_(n), q_a, q_g) for k, (_, q_a, q_g) in eigen.items()}
-    return done({k: curv.ModuleSolve(eig=e, lam=curv.damping_level(damping, damping_mode, float(e.mean())),
-                                     q_a=q_a, q_g=q_g) for k, (e, q_a, q_g) in eigen.items()})
+                  progress: bool = True, only=None, gradients: bool = False, max_dense: int = 1024) -> ModuleSolves:
+    """(H + lam I)^-1 per (layer, module), per layer for "exact" (`curvature.fit`). `only`: layer indices
+    to build (default all). `gradients=True` also returns the layer gradients, taken from the same forward
+    passes as the first statistics pass."""
+    options = CurvatureOptions(curvature, damping, damping_mode, fisher, max_dense)
+    passes = Passes(model, blocks, batch_size, seed, progress, _layer_set(only))
+    return curv.fit(passes, options, gradients=gradients)
 
 
-def score(model, blocks: Blocks, method: str = "zeta2", curvature: str = "kfac", damping: float = 0.1,
+def _layer_set(only) -> frozenset | None:
+    return None if only is None else frozenset(int(i) for i in only)
+
+
+def _layer_groups(n_layers: int, layers_per_pass) -> list:
+    """None (every layer in one pass) or consecutive groups of `layers_per_pass` layer indices."""
+    if layers_per_pass is None:
+        return [None]
+    if isinstance(layers_per_pass, bool) or not isinstance(layers_per_pass, (int, np.integer)) or layers_per_pass < 1:
+        raise ValueError(f"layers_per_pass must be None (all at once) or a whole number >= 1, got {layers_per_pass!r}")
+    return [frozenset(range(lo, min(lo + layers_per_pass, n_layers))) for lo in range(0, n_layers, layers_per_pass)]
+
+
+def score(model, blocks: Blocks, *, method: str = "zeta2", curvature: str = "kfac", damping: float = 0.1,
           damping_mode: str = "relative", granularity: str = "block", fisher: str = "sampled",
-          batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True, max_dense: int = 1024) -> LayerScores:
+          batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True, max_dense: int = 1024,
+          layers_per_pass: int | None = None) -> LayerScores:
     """Layer scores: zeta_k^2 = sum over the layer's modules of g^T (H + lam I)^-1 g, or ||g_k||^2.
 
     curvature: identity | diag | kfac | ekfac (block diagonal over a layer's modules) or exact (the
     whole layer's Gauss-Newton block, dense when D <= max_dense, else CG). granularity: "block" (one
-    score per decoder layer) or "module" (one per linear module).
+    score per decoder layer) or "module" (one per linear module). layers_per_pass: None fits every
+    layer's statistics in one pass; k streams them k layers at a time (one pass per group, each group's
+    factors and gradients freed before the next), for a smaller peak memory and the same scores.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if curvature not in curv.CURVATURES:
-        raise ValueError(f"unknown curvature {curvature!r}: use one of {', '.join(curv.CURVATURES)}")
+    options = CurvatureOptions(curvature, damping, damping_mode, fisher, max_dense)
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be 'block' or 'module', got {granularity!r}")
     if curvature == "exact" and method == "zeta2" and granularity != "block":
         raise ValueError("curvature='exact' scores whole layers: use granularity='block'")
-    _check_options(blocks, damping, damping_mode, batch_size, seed, fisher)
-    if isinstance(max_dense, bool) or not isinstance(max_dense, (int, np.integer)) or max_dense < 0:
-        raise ValueError(f"max_dense must be a whole number >= 0, got {max_dense!r}")
+    passes = Passes(model, blocks, batch_size, seed, progress)
     found = find_layers(model)
-    factored = method == "zeta2" and curvature != "exact"
-    if factored:    # gradients ride on the statistics pass (one forward, two backwards)
-        solves, grads = module_solves(model, blocks, curvature, damping, damping_mode, fisher, batch_size, seed,
-                                      progress, gradients=True)
-    else:
-        grads = layer_gradients(model, blocks, batch_size=batch_size, progress=progress)
+    per_module, lam, report = {}, {}, {}
+    for only in _layer_groups(len(found), layers_per_pass):
+        group = dataclasses.replace(passes, only=only)
+        if method == "grad_norm":
+            per_module.update({k: float((g.double() ** 2).sum()) for k, g in group.gradients().items()})
+            continue
+        fitted = curv.fit(group, options, gradients=True)    # gradients ride on the statistics pass
+        for k, solve in fitted.solves.items():
+            per_module[k], info = solve.zeta2_report(fitted.gradients[k])
+            lam[k] = solve.lam
+            for name, value in info.items():
+                report.setdefault(name, []).append(value)
+        del fitted                # this group's factors, eigenbases and gradients go before the next pass
     meta = dict(task=blocks.task, split=blocks.split, blocks=len(blocks), tokens=blocks.n_targets,
-                model=getattr(model, "layerq_name", None), granularity=granularity, seed=seed)
-    per_module: dict = {}
-    if method == "grad_norm":
-        per_module = {k: float((g.double() ** 2).sum()) for k, g in grads.items()}
-    elif curvature == "exact":
-        if granularity != "block":
-            raise ValueError("curvature='exact' scores whole layers: use granularity='block'")
-        meta.update(curvature="exact", damping=damping, damping_mode=damping_mode, lam=[], cg_iterations=[],
-                    cg_residual=[])
-        for layer in tqdm(found, desc="exact GGN", unit="layer", disable=not progress, leave=False):
-            g = {f"{layer.name}.{m}.weight": _param_shaped(mod, grads[(layer.index, m)]) for m, mod in layer.linears.items()}
-            ex = curv.exact_layer(model, blocks, layer.index, g, damping=damping, damping_mode=damping_mode,
-                                  max_dense=max_dense, seed=seed, batch_size=batch_size)
-            per_module[(layer.index, "*")] = ex.zeta2
-            meta["lam"].append(ex.lam)
-            meta["cg_iterations"].append(ex.cg_iterations)
-            meta["cg_residual"].append(ex.cg_residual)
-    else:
-        per_module = {k: float((grads[k].double() * solves[k].solve(grads[k]).double()).sum()) for k in grads}
-        meta.update(curvature=curvature, damping=damping, damping_mode=damping_mode, fisher=fisher,
-                    lam={f"{i}.{m}": s.lam for (i, m), s in solves.items()})
+                model=model_facts(model).name, granularity=granularity, seed=seed)
+    if method == "zeta2":
+        meta.update(curvature=curvature, damping=damping, damping_mode=damping_mode)
+        if curvature == "exact":
+            meta.update(lam=list(lam.values()), **report)
+        else:
+            meta.update(fisher=fisher, lam={f"{i}.{m}": v for (i, m), v in lam.items()})
     if granularity == "block":
         names = tuple(layer.name for layer in found)
         values = np.array([sum(v for (i, _), v in per_module.items() if i == layer.index) for layer in found])
@@ -216,16 +139,25 @@ class NewtonStep:
     scale: float            # the step taken was scale * Delta
 
 
-def loss_after_step(model, blocks: Blocks, layer: int, steps: dict, scale: float = 1.0, batch_size: int = 4) -> float:
+def _check_layer(found, layer) -> None:
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(found):
+        raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{len(found) - 1}")
+
+
+def _check_scale(scale) -> None:
+    if not (isinstance(scale, (int, float, np.integer, np.floating)) and np.isfinite(scale)):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+
+
+def loss_after_step(model, blocks: Blocks, layer: int, steps: dict, *, scale: float = 1.0,
+                    batch_size: int = 4) -> float:
     """Mean loss L(theta - scale * step) on `blocks`, with the step applied to layer `layer`'s linear
     modules alone (`steps` maps module name -> (d_out, d_in) tensor). The weights come back bit-identical."""
     from .evaluate import mean_loss
     found = find_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(found):
-        raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{len(found) - 1}")
+    _check_layer(found, layer)
     target = found[layer]
-    if not (isinstance(scale, (int, float, np.integer, np.floating)) and np.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    _check_scale(scale)
     for name, step in steps.items():     # every step checked before any weight moves
         if name not in target.linears:
             raise ValueError(f"{target.name} has no module {name!r}: it has {', '.join(target.linears)}")
@@ -244,7 +176,7 @@ def loss_after_step(model, blocks: Blocks, layer: int, steps: dict, scale: float
         return mean_loss(model, blocks, batch_size=batch_size, progress=False)
 
 
-def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damping: float = 0.1,
+def newton_step(model, blocks: Blocks, layer: int, *, curvature: str = "kfac", damping: float = 0.1,
                 damping_mode: str = "relative", scale: float = 1.0, batch_size: int = BATCH_SIZE, seed: int = 0,
                 progress: bool = False) -> NewtonStep:
     """Take Delta = -scale H~_kk^-1 g_k on layer k alone; compare the predicted and the actual decrease.
@@ -253,21 +185,14 @@ def newton_step(model, blocks: Blocks, layer: int, curvature: str = "kfac", damp
     which is zeta^2 / 2 at scale 1. The model's weights are restored afterwards.
     """
     from .evaluate import mean_loss
-    if curvature not in FACTORED:
-        raise ValueError(f"newton_step uses the factored curvatures: {', '.join(FACTORED)}; got {curvature!r}")
-    found = find_layers(model)
-    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(found):
-        raise ValueError(f"layer {layer!r} out of range: the model has layers 0..{len(found) - 1}")
-    if not (isinstance(scale, (int, float, np.integer, np.floating)) and np.isfinite(scale)):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
-    _check_options(blocks, damping, damping_mode, batch_size, seed)
-    solves, grads = module_solves(model, blocks, curvature, damping, damping_mode, "sampled", batch_size, seed,
-                                  progress, only={layer}, gradients=True)
-    target = found[layer]
-    keys = [(layer, m) for m in target.linears]
-    steps = {k: solves[k].solve(grads[k]) for k in keys}
-    zeta2 = float(sum((grads[k].double() * steps[k].double()).sum() for k in keys))
+    CurvatureOptions(curvature, damping, damping_mode).require_factored("newton_step")
+    _check_layer(find_layers(model), layer)
+    _check_scale(scale)
+    steps, zeta2 = module_solves(model, blocks, curvature, damping=damping, damping_mode=damping_mode,
+                                 batch_size=batch_size, seed=seed, progress=progress, only={layer},
+                                 gradients=True).newton()
     before = mean_loss(model, blocks, batch_size=batch_size, progress=False)
-    after = loss_after_step(model, blocks, layer, {m: steps[(layer, m)] for m in target.linears}, scale, batch_size)
+    after = loss_after_step(model, blocks, layer, {m: step for (_, m), step in steps.items()}, scale=scale,
+                            batch_size=batch_size)
     return NewtonStep(layer=layer, zeta2=zeta2, predicted=(scale - scale**2 / 2) * zeta2, actual=before - after,
                       loss_before=before, loss_after=after, scale=scale)

@@ -212,7 +212,8 @@ def test_kfac_is_exact_for_a_single_datum(tiny):
     lam = 1e-6
     expected = float((g**2).sum() / ((g**2).sum() + lam))
     for curvature in ("kfac", "ekfac"):
-        solve = module_solves(model, blocks, curvature, lam, "absolute", fisher="empirical", progress=False)[key]
+        solve = module_solves(model, blocks, curvature, damping=lam, damping_mode="absolute", fisher="empirical",
+                              progress=False).solves[key]
         assert float((g * solve.solve(g.float()).double()).sum()) == pytest.approx(expected, rel=1e-4)
 
 
@@ -239,7 +240,7 @@ def test_ekfac_fits_the_gauss_newton_at_least_as_well_as_kfac(micro, modules):
     layer = layers(model)[1]
     errors = {}
     for curvature in ("kfac", "ekfac"):
-        solves = module_solves(model, blocks, curvature, 0.0, "absolute", progress=False)
+        solves = module_solves(model, blocks, curvature, damping=0.0, damping_mode="absolute", progress=False).solves
         total = 0.0
         for name, mod in layer.linears.items():
             if modules is not None and name not in modules:
@@ -267,7 +268,7 @@ def test_domination_holds_for_the_kfac_blocks_of_a_model(tiny):
     model, tok = tiny
     blocks = load_task("code", tok, split="train", n_blocks=2, block_size=64)
     grads = layer_gradients(model, blocks, progress=False)
-    for key, solve in module_solves(model, blocks, "kfac", progress=False).items():
+    for key, solve in module_solves(model, blocks, "kfac", progress=False).solves.items():
         g = grads[key]
         zeta2 = float((g * solve.solve(g)).sum())
         best_along_gradient = float((g * g).sum()) ** 2 / float((g * solve.matvec(g)).sum())

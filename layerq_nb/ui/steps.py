@@ -45,7 +45,7 @@ class Isolation:
         return float(self.layer_norm2[layer] / self.total_norm2)
 
 
-def gradient_isolation(model, blocks, batch_size: int = 1) -> Isolation:
+def gradient_isolation(model, blocks, *, batch_size: int = 1) -> Isolation:
     """L = mean NLL; g = dL/dtheta by one backward pass; g_k = the block of g on layer k's linear
     weights (arXiv 2603.00910, section 3: gradient isolation)."""
     from ..evaluate import mean_loss
@@ -97,17 +97,15 @@ def _quantiles(values, n: int = 200) -> np.ndarray:
     return v if v.size <= n else v[np.linspace(0, v.size - 1, n).round().astype(int)]
 
 
-def curvature_study(model, blocks, layers=None, curvatures=("identity", "diag", "kfac", "ekfac"),
+def curvature_study(model, blocks, *, layers=None, curvatures=("identity", "diag", "kfac", "ekfac"),
                     dampings=DAMPINGS, exact: bool = False, exact_damping: float = 0.1, spectrum_module: str | None = None,
                     batch_size: int = 1, seed: int = 0, progress: bool = False) -> CurvatureStudy:
     """zeta^2 under each curvature at every damping of the grid, from one statistics pass per curvature.
 
-    In the eigenbasis of H~ = Q diag(e) Q^T: zeta^2(lam) = sum_i (Q^T g)_i^2 / (e_i + lam), so the
-    rotated gradient r = Q^T g is kept and the sum is taken for every lam. `exact=True` adds the
+    In the eigenbasis of H~ = Q diag(e) Q^T: zeta^2(lam) = sum_i (Q^T g)_i^2 / (e_i + lam), so each
+    solve rotates the gradient once and sums for every lam (`Solve.zeta2_grid`). `exact=True` adds the
     dense / CG Gauss-Newton block of each layer (tiny models).
     """
-    import torch
-
     from ..models import layers as find_layers
     from ..scoring import module_solves, score
     found = find_layers(model)
@@ -115,27 +113,18 @@ def curvature_study(model, blocks, layers=None, curvatures=("identity", "diag", 
     dampings = np.asarray(dampings, dtype=float)
     zeta2, spectra, gnorm = {}, {}, None
     for curvature in curvatures:
-        solves, grads = module_solves(model, blocks, curvature, batch_size=batch_size, seed=seed, progress=progress,
-                                      only=set(chosen), gradients=True)
-        table = np.zeros((dampings.size, len(chosen)))
-        spectra[curvature] = {}
+        fitted = module_solves(model, blocks, curvature, batch_size=batch_size, seed=seed, progress=progress,
+                               only=chosen, gradients=True)
+        grads, table = fitted.gradients, np.zeros((dampings.size, len(chosen)))
         if gnorm is None:
             gnorm = np.array([sum(float((grads[(i, m)].double() ** 2).sum()) for m in found[i].linears) for i in chosen])
         for j, i in enumerate(chosen):
             for m in found[i].linears:
-                s, g = solves[(i, m)], grads[(i, m)].double()
-                rotated = g if s.q_a is None else s.q_g.T.double() @ g @ s.q_a.double()
-                if s.eig.dim():
-                    eig = s.eig.double().expand_as(rotated)
-                    mean_eig = float(eig.mean())
-                else:        # identity: H~ = lam I with lam = damping, as in scoring.score
-                    eig, mean_eig = torch.zeros_like(rotated), 1.0
-                r2, flat_eig = (rotated ** 2).ravel(), eig.ravel()
-                for d, damping in enumerate(dampings):
-                    table[d, j] += float((r2 / (flat_eig + damping * mean_eig)).sum())
-            module = spectrum_module if spectrum_module in found[i].linears else next(iter(found[i].linears))
-            s = solves[(i, module)]
-            spectra[curvature][i] = (module, _quantiles(s.eig.double().numpy()) if s.eig.dim() else np.ones(1))
+                table[:, j] += fitted.solves[(i, m)].zeta2_grid(grads[(i, m)], dampings)
+        module = {i: spectrum_module if spectrum_module in found[i].linears else next(iter(found[i].linears))
+                  for i in chosen}
+        spectra[curvature] = {i: (module[i], _quantiles(fitted.solves[(i, module[i])].spectrum().double().cpu().numpy()))
+                              for i in chosen}
         zeta2[curvature] = table
     exact_values = None
     if exact:
@@ -162,23 +151,18 @@ class NewtonLine:
         return float(self.scales[int(np.argmin(self.loss))])
 
 
-def newton_line(model, blocks, layer: int, curvature: str = "kfac", damping: float = 0.1,
+def newton_line(model, blocks, layer: int, *, curvature: str = "kfac", damping: float = 0.1,
                 scales=(0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0), batch_size: int = 1, seed: int = 0) -> NewtonLine:
     """Measure L(theta + t Delta) on `blocks` for each t; the quadratic model (with H~ in place of the
     Hessian) predicts L(theta) - (t - t^2/2) zeta^2, lowest at t = 1 with decrease zeta^2 / 2.
     Weights are restored after every step (also on errors)."""
     from ..evaluate import mean_loss
-    from ..models import layers as find_layers
     from ..scoring import loss_after_step, module_solves
-    target = find_layers(model)[layer]
-    solves, grads = module_solves(model, blocks, curvature, damping, only={layer}, gradients=True,
-                                  batch_size=batch_size, seed=seed, progress=False)
-    keys = [(layer, m) for m in target.linears]
-    steps = {k: solves[k].solve(grads[k]) for k in keys}
-    zeta2 = float(sum((grads[k].double() * steps[k].double()).sum() for k in keys))
+    steps, zeta2 = module_solves(model, blocks, curvature, damping=damping, only={layer}, gradients=True,
+                                 batch_size=batch_size, seed=seed, progress=False).newton()
     scales = np.asarray(scales, dtype=float)
     by_name = {m: step for (_, m), step in steps.items()}
-    losses = [loss_after_step(model, blocks, layer, by_name, float(t), batch_size) for t in scales]
+    losses = [loss_after_step(model, blocks, layer, by_name, scale=float(t), batch_size=batch_size) for t in scales]
     base = losses[int(np.flatnonzero(scales == 0)[0])] if np.any(scales == 0) else mean_loss(model, blocks, progress=False)
     return NewtonLine(layer=layer, curvature=curvature, zeta2=zeta2, scales=scales, loss=np.array(losses),
                       model=base - (scales - scales**2 / 2) * zeta2)
@@ -199,27 +183,21 @@ class DampingSweep:
         return self.actual / self.predicted
 
 
-def damping_sweep(model, blocks, layer: int, curvature: str = "kfac", dampings=(1.0, 1e2, 1e4),
+def damping_sweep(model, blocks, layer: int, *, curvature: str = "kfac", dampings=(1.0, 1e2, 1e4),
                   batch_size: int = 1, seed: int = 0) -> DampingSweep:
     """One curvature fit, then for each relative damping the step Delta = -(H~ + lam I)^-1 g_k on layer
     k alone: the quadratic model predicts a decrease of zeta^2/2; the loss is measured (weights restored)."""
-    import dataclasses
-
     from ..evaluate import mean_loss
     from ..scoring import loss_after_step, module_solves
-    solves, grads = module_solves(model, blocks, curvature, 1.0, only={layer}, gradients=True,
-                                  batch_size=batch_size, seed=seed, progress=False)
+    fitted = module_solves(model, blocks, curvature, only={layer}, gradients=True, batch_size=batch_size, seed=seed,
+                           progress=False)
     before = mean_loss(model, blocks, batch_size=batch_size, progress=False)
     predicted, actual = [], []
     for damping in dampings:
-        z2, deltas = 0.0, {}
-        for (i, m), solve in solves.items():
-            mean_eig = float(solve.eig.double().mean()) if solve.eig.dim() else 1.0
-            step = dataclasses.replace(solve, lam=float(damping) * mean_eig).solve(grads[(i, m)])
-            z2 += float((grads[(i, m)].double() * step.double()).sum())
-            deltas[m] = step
-        actual.append(before - loss_after_step(model, blocks, layer, deltas, 1.0, batch_size))
-        predicted.append(z2 / 2)
+        steps, zeta2 = fitted.with_damping(float(damping), "relative").newton()
+        deltas = {m: step for (_, m), step in steps.items()}
+        actual.append(before - loss_after_step(model, blocks, layer, deltas, batch_size=batch_size))
+        predicted.append(zeta2 / 2)
     return DampingSweep(layer=layer, curvature=curvature, dampings=np.asarray(dampings, float),
                         predicted=np.array(predicted), actual=np.array(actual))
 
