@@ -156,7 +156,7 @@ def test_influence_matches_explicit_per_example_gradients(tiny, curvature, param
     train = load_task("prose", tok, split="train", n_blocks=5, block_size=24)
     val = load_task("prose", tok, split="validation", n_blocks=3, block_size=24)
     inf = layer_influence(model, train, val, curvature=curvature, params=params, batch_size=2, progress=False)
-    solves = module_solves(model, train, curvature, batch_size=2, progress=False)
+    solves = module_solves(model, train, curvature, batch_size=2, progress=False).solves
     val_grad = {k: sum(g[k] for g in per_example_gradients(model, val)) for k in solves}
     ref = np.zeros((len(train), 3))
     for i, g in enumerate(per_example_gradients(model, train)):
