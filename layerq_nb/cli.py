@@ -693,10 +693,10 @@ def _add_model_and_device(parser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .curvature import CURVATURES, DAMPING_MODES
+    from .curvature import CURVATURES, DAMPING_MODES, FACTORED, FISHERS
     from .data import SPLITS, TASKS
     from .pruning import MAP_SPECS, PRUNE_METHODS
-    from .scoring import FACTORED, FISHERS, GRANULARITIES
+    from .scoring import GRANULARITIES
     from .scoring import METHODS as SCORE_METHODS
     tasks = f"{', '.join(TASKS)} or hf:<dataset>"
     parser = _Parser(

@@ -273,7 +273,7 @@ def ggn_vector_product(model, blocks: Blocks, layer_index: int, v: dict, batch_s
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
             targets = batch["labels"][:, 1:].to(device)
 
-            def logits_of(th):
+            def logits_of(th, ids=ids, mask=mask):     # bound now: jvp and vjp call it within this batch
                 return functional_call(model, {**params, **th}, (ids,), {"attention_mask": mask, "use_cache": False}).logits[:, :-1]
 
             logits, jv = jvp(logits_of, (theta,), ({n: v[n] for n in names},))

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .curvature import CurvatureOptions, Passes, fit
 from .data import Blocks
 from .models import layers as find_layers
 from .models import model_facts
 from .scores import LayerScores
-from .curvature import CurvatureOptions, Passes, fit
 from .scoring import BATCH_SIZE
 from .shard import local_blocks
 from .tape import GradientSum, Reducer

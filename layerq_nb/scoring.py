@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import curvature as curv
-from .curvature import CURVATURES, FACTORED, FISHERS, CurvatureOptions, ModuleSolves, Passes
+from .curvature import CURVATURES, FACTORED, FISHERS, CurvatureOptions, ModuleSolves, Passes  # noqa: F401 (names kept here too)
 from .data import Blocks, check_batch_size
 from .models import layers as find_layers
 from .models import model_facts, weight_matrix, weights_restored

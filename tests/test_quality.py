@@ -142,7 +142,7 @@ def per_example_gradients(model, blocks):
         model.zero_grad()
         model(input_ids=blocks.input_ids[i:i + 1], attention_mask=blocks.attention_mask[i:i + 1],
               labels=blocks.labels[i:i + 1]).loss.backward()
-        out.append({(l.index, n): m.weight.grad.detach().clone() for l in found for n, m in l.linears.items()})
+        out.append({(layer.index, n): m.weight.grad.detach().clone() for layer in found for n, m in layer.linears.items()})
     model.zero_grad()
     return out
 

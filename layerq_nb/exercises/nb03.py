@@ -1,7 +1,7 @@
 """Checks for notebook 03 (layer quality: LayerIF, layer Shapley values, cornerstone layers)."""
 from __future__ import annotations
-# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 
+# cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import contextlib
 import math
 from itertools import permutations
@@ -97,10 +97,10 @@ def _influence_identity(influence_identity, model=None, train=None, validation=N
                 got = call(influence_identity, tiny, tr, va, k, lam, where=where)
             _compare_influence(got, expected, where, lam, n_val)
         if model is not None and train is not None and validation is not None:
-            from ..models import layers
+            from ..models import layers, model_facts
             k = int(instance_rng("03.1", 9).integers(1, len(layers(model)) - 1))
             tr, va = train.subset([0]), validation.subset([len(validation) - 1])   # one block each: cheap
-            where = (f"the real model ({getattr(model, 'layerq_name', 'your model')}), layer k = {k}, damping 0.1, "
+            where = (f"the real model ({model_facts(model).name or 'your model'}), layer k = {k}, damping 0.1, "
                      "one training and one validation block")
             expected = layer_influence(model, tr, va, curvature="identity", damping=0.1, progress=False).matrix[:, k]
             got = call(influence_identity, model, tr, va, k, 0.1, where=where)

@@ -249,8 +249,11 @@ class RegretCurve:
         return float(np.polyfit(np.log(self.delta[ok]), np.log(self.regret[ok]), 1)[0])
 
 
+REGRET_CURVE_TS = tuple(np.logspace(-3, 0, 13))     # where along q_T -> q_S the curve is sampled
+
+
 def regret_curve(q_source, q_target, budget, cost=1.0, beta=1.0, lower=0.0, upper=np.inf,
-                 ts=tuple(np.logspace(-3, 0, 13))) -> RegretCurve:
+                 ts=REGRET_CURVE_TS) -> RegretCurve:
     """mdl.regret_bound along the segment from q_T to q_S (arXiv 2603.00910, transfer theorem: regret = O(delta^2))."""
     qs, qt = mdl.normalise(q_source), mdl.normalise(q_target)
     rows = [mdl.regret_bound((1 - t) * qt + t * qs, qt, budget, cost=cost, beta=beta, lower=lower, upper=upper)
