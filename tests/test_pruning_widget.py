@@ -85,7 +85,21 @@ def test_evaluation_runs_in_the_callers_thread_and_restores(stepper, tiny, monke
     assert threads == [threading.current_thread()] * 3 and _threads() == running
 
 
-def test_an_evaluation_that_fails_half_way_is_shown_and_restores(stepper, tiny, monkeypatch):
+@pytest.fixture(params=["plain", "ipython"])
+def shell(request):
+    """With and without an IPython shell: inside one, an Output widget swallows the exceptions raised in it
+    (found by CI, where earlier tests had started a shell: the failure showed as an UnboundLocalError)."""
+    if request.param == "plain":
+        yield None
+        return
+    from IPython.core.interactiveshell import InteractiveShell
+    existed = InteractiveShell.initialized()
+    yield InteractiveShell.instance()
+    if not existed:
+        InteractiveShell.clear_instance()
+
+
+def test_an_evaluation_that_fails_half_way_is_shown_and_restores(shell, stepper, tiny, monkeypatch):
     real, seen = apply.wanda_mask, []
 
     def faulty(*args, **kwargs):

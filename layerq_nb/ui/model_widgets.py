@@ -405,15 +405,23 @@ class Pruning(Stepper):
             self.progress.max, self.progress.value = n, i
             self.status.value = f"{text} ..." if i < n else "done"
         kernel = get_ipython() is not None
+        failure = None
         try:
             with self.bars:
-                result = st.prune_evaluation(self.model, self.calibration, self.evaluation, per_layer,
-                                             self.method.value, dense_perplexity=self.dense_perplexity,
-                                             batch_size=self.batch_size, on_stage=on_stage, progress=kernel)
+                # inside IPython an Output widget swallows the exceptions raised in it (it prints them
+                # instead), so the failure is caught here and raised again once outside
+                try:
+                    result = st.prune_evaluation(self.model, self.calibration, self.evaluation, per_layer,
+                                                 self.method.value, dense_perplexity=self.dense_perplexity,
+                                                 batch_size=self.batch_size, on_stage=on_stage, progress=kernel)
+                except BaseException as err:
+                    failure = err
         finally:
             self.button.disabled = False
             if kernel:
                 self.bars.clear_output()
+        if failure is not None:
+            raise failure
         self.dense_perplexity = result.dense_perplexity
         self.evaluations[key] = result
         self.eval_error = None
