@@ -82,9 +82,7 @@ class CurvatureOptions:
     def __post_init__(self):
         if self.curvature not in CURVATURES:
             raise ValueError(f"unknown curvature {self.curvature!r}: use one of {', '.join(CURVATURES)}")
-        check_damping(self.damping)
-        if self.damping_mode not in DAMPING_MODES:
-            raise ValueError(f"damping_mode must be one of {', '.join(DAMPING_MODES)}, got {self.damping_mode!r}")
+        damping_level(self.damping, self.damping_mode, 1.0)    # the one check of the damping and its mode
         if self.fisher not in FISHERS:
             raise ValueError(f"fisher must be 'sampled' (true Fisher) or 'empirical' (data labels), got {self.fisher!r}")
         if isinstance(self.max_dense, bool) or not isinstance(self.max_dense, numbers.Integral) or self.max_dense < 0:
