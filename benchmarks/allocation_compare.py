@@ -28,6 +28,8 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--rank", type=int, default=2, help="uniform LoRA rank that sets the budget")
+    parser.add_argument("--min-rank", type=int, default=1,
+                        help="smallest LoRA rank per layer (0 lets an allocation leave a layer out: placement matters)")
     parser.add_argument("--block-size", type=int, default=128)
     parser.add_argument("--kinds", nargs="+", default=["lora", "lora-moe"], choices=["lora", "lora-moe"],
                         help="which adapters to compare (lora: ranks; lora-moe: expert counts)")
@@ -56,15 +58,18 @@ def main():
         zeta = score(model, probe, curvature="kfac", progress=False)
         layerif = layer_influence(model, probe, val.subset(range(4)), progress=False).scores("positive")
         budget = int(args.rank * rank_costs(model).sum())
-        lora = {"uniform": lora_rank_pattern(model, "uniform", budget),
-                "mdl-zeta2": lora_rank_pattern(model, zeta, budget),
-                "mdl-layerif": lora_rank_pattern(model, layerif, budget)}
+        lora = {"uniform": lora_rank_pattern(model, "uniform", budget, min_rank=args.min_rank),
+                "mdl-zeta2": lora_rank_pattern(model, zeta, budget, min_rank=args.min_rank),
+                "mdl-layerif": lora_rank_pattern(model, layerif, budget, min_rank=args.min_rank)}
         n_layers = len(zeta)
         experts = {"uniform": expert_counts(2 * n_layers, n_layers, "uniform"),
                    "mola": expert_counts(2 * n_layers, n_layers, "mola"),
                    "mdl-zeta2": expert_counts(2 * n_layers, n_layers, zeta)}
         for seed in args.seeds:
             for name, alloc in (lora.items() if "lora" in args.kinds else ()):
+                # peft draws the LoRA initialisation from the global RNG: seed it per run, so that the
+                # allocations of one seed start from the same draws (batches and dropout already do)
+                torch.manual_seed(seed)
                 peft_model = get_peft_model(model, lora_config(alloc))
                 res = finetune(peft_model, train, val, steps=args.steps, lr=args.lr, seed=seed, progress=False)
                 model = peft_model.unload()
@@ -82,15 +87,23 @@ def main():
                 print(rows[-1]["task"], "moe", name, seed, f"{res.val_loss_after:.4f}", flush=True)
     sink.close()
     print(f"\n{args.steps} steps, lr {args.lr}, seeds {args.seeds}; validation loss after training "
-          "(mean +- std over seeds)\n")
-    print("| task | adapter | allocation | trainable | val loss before | val loss after |\n|---|---|---|---|---|---|")
+          "(mean +- std over seeds; 'vs uniform': mean +- std of the per-seed difference)\n")
+    print("| task | adapter | allocation | trainable | val loss before | val loss after | vs uniform (paired) |\n"
+          "|---|---|---|---|---|---|---|")
     for task in args.tasks:
         for kind in ("lora", "lora-moe"):
             for name in dict.fromkeys(r["allocation"] for r in rows if r["kind"] == kind):
                 sel = [r for r in rows if r["task"] == task and r["kind"] == kind and r["allocation"] == name]
+                if not sel:
+                    continue
                 after = np.array([r["val_after"] for r in sel])
+                base = {r["seed"]: r["val_after"] for r in rows
+                        if r["task"] == task and r["kind"] == kind and r["allocation"] == "uniform"}
+                diff = np.array([r["val_after"] - base[r["seed"]] for r in sel if r["seed"] in base])
+                paired = (f"{diff.mean():+.4f} +- {diff.std(ddof=1) if len(diff) > 1 else 0:.4f}"
+                          if len(diff) and name != "uniform" else "-")
                 print(f"| {task} | {kind} | {name} | {sel[0]['trainable']:,} | {sel[0]['val_before']:.4f} | "
-                      f"{after.mean():.4f} +- {after.std(ddof=1) if len(after) > 1 else 0:.4f} |")
+                      f"{after.mean():.4f} +- {after.std(ddof=1) if len(after) > 1 else 0:.4f} | {paired} |")
 
 
 if __name__ == "__main__":

@@ -112,11 +112,13 @@ def lora_rank_pattern(model: nn.Module, scores: LayerScores | str, budget: int, 
     min(d_in, d_out) of the layer's matrices (`rank_caps`: a budget beyond that is left unspent).
     scores: a LayerScores (program A over its q) or "uniform" (the same rank everywhere, as large as
     the budget allows). target_modules: names the module names end with (e.g. DEFAULT_TARGETS, Llama's
-    seven), or None for every linear map of each decoder block, whatever the family calls them."""
+    seven), or None for every linear map of each decoder block, whatever the family calls them.
+    min_rank=0 lets program A leave a layer without an adapter (`lora_config` then skips its modules),
+    so where the budget goes matters even at small budgets."""
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, (int, float, np.integer, np.floating)) \
             or not np.isfinite(budget) or budget <= 0:
         raise ValueError(f"budget must be a positive number of LoRA parameters, got {budget!r}")
-    min_rank = _whole("min_rank", min_rank)
+    min_rank = _whole("min_rank", min_rank, low=0)
     beta = _positive("beta", beta)
     if not (isinstance(scores, (str, LayerScores))):
         raise ValueError(f"scores must be a LayerScores or 'uniform', got {type(scores).__name__}")
@@ -146,10 +148,14 @@ def lora_rank_pattern(model: nn.Module, scores: LayerScores | str, budget: int, 
 def lora_config(allocation: RankAllocation, *, alpha_ratio: float = 2.0, dropout: float = 0.05,
                 **kwargs: object) -> LoraConfig:
     """A peft LoraConfig that applies the allocation: rank_pattern and alpha_pattern per module
-    (alpha = alpha_ratio * rank, so every layer keeps the same scaling alpha / r)."""
+    (alpha = alpha_ratio * rank, so every layer keeps the same scaling alpha / r). Layers at rank 0 get
+    no adapter: peft has no rank-0 LoRA, so their modules are left out of target_modules."""
     from peft import LoraConfig
-    names = [n for mods in allocation.modules.values() for n in mods]
-    rank_of = {n: int(allocation.ranks[k]) for k, mods in allocation.modules.items() for n in mods}
+    if not np.any(allocation.ranks > 0):
+        raise ValueError("every layer has rank 0: there is nothing to adapt; raise the budget")
+    rank_of = {n: int(allocation.ranks[k]) for k, mods in allocation.modules.items() for n in mods
+               if allocation.ranks[k] > 0}
+    names = list(rank_of)
     pattern = {re.escape(n): r for n, r in rank_of.items()}
     return LoraConfig(r=int(np.max(allocation.ranks)), lora_alpha=alpha_ratio * int(np.max(allocation.ranks)),
                       target_modules=names,

@@ -47,6 +47,24 @@ def test_peft_adapters_cost_what_the_allocation_claims(fresh_tiny):
     assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == alloc.parameters
 
 
+def test_min_rank_zero_leaves_layers_without_an_adapter(fresh_tiny):
+    """min_rank=0: program A may give a layer no rank at all; peft has no rank-0 LoRA, so lora_config
+    leaves that layer's modules out and the adapter still costs exactly what the allocation says."""
+    from peft import get_peft_model
+    model, _ = fresh_tiny
+    alloc = lora_rank_pattern(model, scores(1e-6, 4.0, 2.0), budget=4 * 512, min_rank=0)
+    assert alloc.ranks[0] == 0 and alloc.parameters <= 4 * 512 and alloc.ranks.sum() > 0
+    config = lora_config(alloc)
+    assert not any(name.startswith("model.layers.0.") for name in config.target_modules)
+    peft_model = get_peft_model(model, config)
+    assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == alloc.parameters
+    empty = alloc.__class__(ranks=np.zeros(3, int), cost=alloc.cost, modules=alloc.modules, scores="test")
+    with pytest.raises(ValueError, match="every layer has rank 0"):
+        lora_config(empty)
+    with pytest.raises(ValueError, match="min_rank must be a whole number >= 0"):
+        lora_rank_pattern(model, "uniform", budget=6000, min_rank=-1)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(3, 40), st.integers(0, 200), st.sampled_from(["uniform", "mola", "scores"]))
 def test_expert_counts_spend_the_total(n_layers, extra, pattern):
