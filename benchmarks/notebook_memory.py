@@ -2,7 +2,7 @@
 
     python benchmarks/notebook_memory.py [--notebooks 00 04] [--mode learn|blank|solve] [--per-cell]
 
-Each notebook runs in a fresh `jupyter nbconvert --execute` under GNU time (`/usr/bin/time -f %M`), whose
+Each notebook runs in a fresh `jupyter nbconvert --execute`, in the environment `binder/start` sets, under GNU time (`/usr/bin/time -f %M`), whose
 maximum resident set size covers the largest process of the tree it waits for (the kernel, here). Writes
 benchmarks/results/notebook_memory.jsonl and prints a markdown table. Target (issue 20): <= 1.8 GB, the
 lower end of the 1-2 GB a public Binder guarantees.
@@ -27,12 +27,19 @@ ROOT = Path(__file__).resolve().parents[1]
 BINDER_LIMIT_GB = 1.8
 
 
+def binder_environment() -> dict:
+    """os.environ plus what `binder/start` exports (FAST mode, glibc's malloc thresholds): Binder runs every
+    kernel under that file, so the measurement does too."""
+    dump = subprocess.run(["bash", str(ROOT / "binder" / "start"), "env", "-0"], capture_output=True, check=True).stdout
+    return dict(item.split("=", 1) for item in dump.decode().split("\0") if "=" in item)
+
+
 def measure(notebook: Path, *, mode: str, timeout: int) -> dict:
     """Run one notebook in FAST mode in a fresh kernel; peak RSS in GB (10^9 bytes) and wall seconds."""
     time_bin = shutil.which("time") or "/usr/bin/time"
     if not Path(time_bin).exists():
         raise SystemExit("GNU time is missing: apt-get install time")
-    env = dict(os.environ, LAYERQ_FAST="1", LAYERQ_EXERCISES=mode, MPLBACKEND="Agg")
+    env = dict(binder_environment(), LAYERQ_FAST="1", LAYERQ_EXERCISES=mode, MPLBACKEND="Agg")
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         run = subprocess.run(
@@ -60,7 +67,7 @@ def per_cell(notebook: Path, *, mode: str, timeout: int) -> list[dict]:
     """Peak RSS of the kernel while each code cell ran (GB), in FAST mode, printed cell by cell."""
     import nbformat
     from nbclient import NotebookClient
-    os.environ.update(LAYERQ_FAST="1", LAYERQ_EXERCISES=mode, MPLBACKEND="Agg")
+    os.environ.update(binder_environment(), LAYERQ_FAST="1", LAYERQ_EXERCISES=mode, MPLBACKEND="Agg")
     nb = nbformat.read(notebook, as_version=4)
     client = NotebookClient(nb, timeout=timeout, resources={"metadata": {"path": str(notebook.parent)}})
     rows = []
