@@ -18,6 +18,7 @@ matmul per module during one more pass over the training blocks.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,7 +29,7 @@ from .data import Blocks
 from .models import layers as find_layers
 from .models import model_facts
 from .scores import LayerScores
-from .scoring import BATCH_SIZE
+from .scoring import BATCH_SIZE, layer_groups
 from .shard import local_blocks
 from .tape import GradientSum, Reducer
 
@@ -72,6 +73,18 @@ class Influence:
     matrix: np.ndarray
     names: tuple
     metadata: dict = field(default_factory=dict)
+    zeta2: np.ndarray | None = None    # (layers,) zeta_k^2 on the training blocks, from the same curvature fit
+
+    def gains(self) -> LayerScores:
+        """zeta_k^2 = g_k^T (H~_kk + lam I)^-1 g_k on the training blocks, with the curvature this matrix was
+        built with: the fit's own pass gives the training gradient, so it costs one backward per batch
+        more and equals `score(model, train, curvature=..., seed=...)` exactly."""
+        if self.zeta2 is None:
+            raise ValueError("this Influence carries no zeta^2 (it was not made by layer_influence)")
+        meta = {k: self.metadata[k] for k in ("curvature", "damping", "damping_mode", "fisher", "seed", "model")
+                if k in self.metadata}
+        return LayerScores(method=f"zeta2[{self.metadata.get('curvature')}]", values=self.zeta2, names=self.names,
+                           metadata=dict(meta, task=self.metadata.get("task"), granularity="block"))
 
     def scores(self, aggregation: str = "positive") -> LayerScores:
         """LayerIF's S(k) after the sign inversion (positive = beneficial): see the module docstring."""
@@ -93,30 +106,42 @@ class Influence:
 
 def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str = "kfac", damping: float = 0.1,
                     damping_mode: str = "relative", params: str = "block", fisher: str = "sampled",
-                    batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True) -> Influence:
+                    batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True,
+                    layers_per_pass: int | None = None) -> Influence:
     """The (training blocks x layers) LayerIF matrix.
 
     Passes: curvature statistics on `train` (one or two, see `curvature.fit`), the summed
     per-block validation gradient on `validation`, and one pass over `train` for all per-example
     inner products. params: "block" (every linear map, the paper's text), "attn" (the released code),
-    or "mlp".
+    or "mlp". layers_per_pass: None runs those passes once for every layer; k runs them k layers at a
+    time (each group's factors, gradients and vectors freed before the next), for a smaller peak memory
+    and the same matrix.
     """
     if params not in PARAMS:
         raise ValueError(f"params must be one of {', '.join(PARAMS)}, got {params!r}")
     options = CurvatureOptions(curvature, damping, damping_mode, fisher).require_factored("layer_influence")
+    found = find_layers(model)
+    groups = layer_groups(len(found), layers_per_pass)
     # both sets of blocks checked before the first (long) pass
     on_train, on_validation = (Passes(model, b, batch_size, seed, progress) for b in (train, validation))
-    solves = fit(on_train, options).solves
-    val_grad = GradientSum()
-    on_validation.run([val_grad], "data", "block_mean", "validation gradient")
-    vectors = {k: solves[k].solve(g).float() for k, g in val_grad.state.items() if _selected(k[1], params)}
-    inner = InnerProducts(vectors, local_blocks(train)[1], len(train))
-    on_train.run([inner], "data", "block_mean", "per-example influence")
-    found = find_layers(model)
-    matrix = np.zeros((len(train), len(found)))
-    for (layer, _), values in inner.state.items():
-        matrix[:, layer] -= values.cpu().numpy()
+    matrix, zeta2 = np.zeros((len(train), len(found))), np.zeros(len(found))
+    for only in groups:
+        group_train, group_validation = (dataclasses.replace(p, only=only) for p in (on_train, on_validation))
+        fitted = fit(group_train, options, gradients=True)     # the training gradient rides on the fit's pass
+        solves = fitted.solves
+        for (layer, module), solve in solves.items():
+            zeta2[layer] += solve.zeta2(fitted.gradients[(layer, module)])
+        del fitted
+        val_grad = GradientSum()
+        group_validation.run([val_grad], "data", "block_mean", "validation gradient")
+        vectors = {k: solves[k].solve(g).float() for k, g in val_grad.state.items() if _selected(k[1], params)}
+        del solves, val_grad
+        inner = InnerProducts(vectors, local_blocks(train)[1], len(train))
+        group_train.run([inner], "data", "block_mean", "per-example influence")
+        for (layer, _), values in inner.state.items():
+            matrix[:, layer] -= values.cpu().numpy()
+        del vectors, inner        # this group's solves, gradients and vectors go before the next group
     meta = dict(task=train.task, train_blocks=len(train), validation_blocks=len(validation), curvature=curvature,
                 damping=damping, damping_mode=damping_mode, params=params, fisher=fisher, seed=seed,
                 model=model_facts(model).name)
-    return Influence(matrix=matrix, names=tuple(layer.name for layer in found), metadata=meta)
+    return Influence(matrix=matrix, names=tuple(layer.name for layer in found), metadata=meta, zeta2=zeta2)

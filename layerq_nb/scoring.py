@@ -25,7 +25,7 @@ from .models import model_facts, weight_matrix, weights_restored
 from .scores import LayerScores
 from .shard import local_blocks
 
-__all__ = ["score", "layer_gradients", "module_solves", "newton_step", "NewtonStep", "loss_after_step"]
+__all__ = ["score", "layer_gradients", "layer_groups", "module_solves", "newton_step", "NewtonStep", "loss_after_step"]
 
 METHODS = ("zeta2", "grad_norm")
 GRANULARITIES = ("block", "module")
@@ -59,8 +59,9 @@ def _layer_set(only) -> frozenset | None:
     return None if only is None else frozenset(int(i) for i in only)
 
 
-def _layer_groups(n_layers: int, layers_per_pass) -> list:
-    """None (every layer in one pass) or consecutive groups of `layers_per_pass` layer indices."""
+def layer_groups(n_layers: int, layers_per_pass) -> list:
+    """None (every layer in one pass) or consecutive groups of `layers_per_pass` layer indices: the
+    streaming rule of every `layers_per_pass` option (a smaller peak memory, the same numbers)."""
     if layers_per_pass is None:
         return [None]
     if isinstance(layers_per_pass, bool) or not isinstance(layers_per_pass, (int, np.integer)) or layers_per_pass < 1:
@@ -90,7 +91,7 @@ def score(model, blocks: Blocks, *, method: str = "zeta2", curvature: str = "kfa
     passes = Passes(model, blocks, batch_size, seed, progress)
     found = find_layers(model)
     per_module, lam, report = {}, {}, {}
-    for only in _layer_groups(len(found), layers_per_pass):
+    for only in layer_groups(len(found), layers_per_pass):
         group = dataclasses.replace(passes, only=only)
         if method == "grad_norm":
             per_module.update({k: float((g.double() ** 2).sum()) for k, g in group.gradients().items()})

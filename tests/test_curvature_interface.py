@@ -125,3 +125,31 @@ def test_the_shard_rule_is_public_and_the_old_name_stays():
     blocks = load_task("prose", models._tiny_llama(n_layers=1)[1], n_blocks=2, block_size=8)
     same, ids = local_blocks(blocks)
     assert same is blocks and ids == [0, 1]
+
+
+@pytest.mark.parametrize("curvature,layers_per_pass", [(c, k) for c in curv.FACTORED for k in (1, 3)])
+def test_streamed_influence_equals_the_one_pass_influence(micro, curvature, layers_per_pass):
+    """Each group's passes reduce only its own modules, whose statistics, validation gradients and inner
+    products depend only on their own (a, b): streaming changes nothing but the peak memory."""
+    from layerq_nb.influence import layer_influence
+    model, blocks = micro
+    validation = blocks.subset([1])
+    one = layer_influence(model, blocks, validation, curvature=curvature, progress=False)
+    streamed = layer_influence(model, blocks, validation, curvature=curvature, layers_per_pass=layers_per_pass,
+                               progress=False)
+    np.testing.assert_allclose(streamed.matrix, one.matrix, rtol=1e-6, atol=0)
+    assert streamed.names == one.names and streamed.metadata == one.metadata
+    # the fit's pass also gives zeta^2: the same numbers as score() with the same options, streamed or not
+    expected = score(model, blocks, curvature=curvature, progress=False)
+    for result in (one, streamed):
+        gains = result.gains()
+        np.testing.assert_array_equal(gains.values, expected.values)
+        assert gains.method == expected.method and gains.names == expected.names
+
+
+@pytest.mark.parametrize("layers_per_pass", [0, 2.5, True])
+def test_streamed_influence_checks_layers_per_pass_first(micro, layers_per_pass):
+    from layerq_nb.influence import layer_influence
+    model, blocks = micro
+    with pytest.raises(ValueError, match="layers_per_pass must be"):
+        layer_influence(model, blocks, blocks, layers_per_pass=layers_per_pass, progress=False)
