@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from .data import IGNORE, Blocks, check_batch_size
 
-__all__ = ["token_nll", "mean_loss", "perplexity", "generate"]
+__all__ = ["token_nll", "batch_size_for", "mean_loss", "perplexity", "generate"]
 
 
 def token_nll(logits: torch.Tensor, targets: torch.Tensor, *, log_probs: bool = False,
@@ -36,10 +36,21 @@ def _check_context(model, blocks: Blocks):
                          f"reload the task with block_size <= {ctx}")
 
 
+def batch_size_for(model: torch.nn.Module, batch_size: int | None = None) -> int:
+    """None -> the device's batch size (device.dtype_policy: one block at a time on a CPU, where the
+    logits of a 4-block batch and their log-softmax take 0.3 GB for no speed)."""
+    if batch_size is None:
+        from .device import dtype_policy
+        return dtype_policy(next(model.parameters()).device).batch_size
+    return batch_size
+
+
 @torch.inference_mode()
-def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, *, progress: bool = True) -> float:
-    """L = (1/N) sum_t -log p(y_t | y_<t) over the N non-masked targets of all blocks (fp32 sums)."""
+def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int | None = None, *, progress: bool = True) -> float:
+    """L = (1/N) sum_t -log p(y_t | y_<t) over the N non-masked targets of all blocks (fp32 sums).
+    batch_size None: the device's (`device.dtype_policy`)."""
     _check_context(model, blocks)
+    batch_size = batch_size_for(model, batch_size)
     check_batch_size(batch_size)
     if len(blocks) == 0:
         raise ValueError("no blocks to evaluate: load some with layerq_nb.load_task(..., n_blocks=...)")
@@ -59,7 +70,7 @@ def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, *, pr
     return total / count
 
 
-def perplexity(model: torch.nn.Module, blocks: Blocks, batch_size: int = 4, *, progress: bool = True) -> float:
+def perplexity(model: torch.nn.Module, blocks: Blocks, batch_size: int | None = None, *, progress: bool = True) -> float:
     """exp(mean next-token loss) over the non-masked targets of `blocks`."""
     return math.exp(mean_loss(model, blocks, batch_size=batch_size, progress=progress))
 

@@ -52,10 +52,12 @@ def map_functions(model, calibration: Blocks, validation: Blocks | None = None, 
 
 def prune_sweep(model, calibration: Blocks, evaluation: Blocks, maps: dict[str, Callable[[float], np.ndarray]], *,
                 methods: Sequence[str] = PRUNE_METHODS, sparsities: Sequence[float] = (0.5, 0.6, 0.7),
-                batch_size: int = 4, progress: bool = True) -> list[dict]:
+                batch_size: int | None = None, progress: bool = True) -> list[dict]:
     """Held-out perplexity for every method x map x sparsity (plus the dense model), as plain rows; a map
-    that cannot reach a sparsity gives a row with perplexity NaN and its `error`."""
-    from ..evaluate import perplexity
+    that cannot reach a sparsity gives a row with perplexity NaN and its `error`. batch_size None: the
+    device's (`evaluate.batch_size_for`)."""
+    from ..evaluate import batch_size_for, perplexity
+    batch_size = batch_size_for(model, batch_size)
     rows = [dict(method="dense", map="-", sparsity=0.0, achieved=0.0,
                  perplexity=perplexity(model, evaluation, batch_size=batch_size, progress=False))]
     combos = [(m, name, s) for m in methods for name in maps for s in sparsities]
