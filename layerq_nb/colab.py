@@ -59,12 +59,16 @@ def first_cell(repository: str = REPOSITORY) -> str:
     return f'''# Colab only: install layerq_nb, then let Colab show its widgets (this cell does nothing elsewhere)
 import sys
 if "google.colab" in sys.modules:
+    import importlib.util
     import subprocess
-    REPOSITORY = "{repository}"
-    if "/OWNER/" in REPOSITORY:
-        raise RuntimeError("this copy of the course names no repository: publish it, then run "
-                           "`python -m layerq_nb.colab --repository https://github.com/you/layerq_nb`")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"layerq_nb[{EXTRA}] @ git+{{REPOSITORY}}"], check=True)
+    if importlib.util.find_spec("layerq_nb") is None:      # not installed yet (a course wheel may have been)
+        REPOSITORY = "{repository}"
+        if "/OWNER/" in REPOSITORY:
+            raise RuntimeError("this copy of the course names no repository: publish it, then run "
+                               "`python -m layerq_nb.colab --repository https://github.com/you/layerq_nb`")
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"layerq_nb[{EXTRA}] @ git+{{REPOSITORY}}"],
+                       check=True)
+        importlib.invalidate_caches()                     # the import system looked before pip wrote the files
     import layerq_nb.colab
     print(layerq_nb.colab.setup())'''
 

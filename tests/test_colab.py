@@ -65,13 +65,27 @@ def test_off_colab_the_cell_does_nothing(monkeypatch):
     assert colab.setup() == colab.ColabSetup(on_colab=False, widget_manager=False, device="", autocast="")
 
 
-def test_on_colab_the_placeholder_repository_is_refused(fake_colab):
+@pytest.fixture
+def not_installed(monkeypatch):
+    """importlib sees no layerq_nb, as on a fresh Colab runtime (the tests' own copy stays importable)."""
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "layerq_nb" else real(name, *a))
+
+
+def test_on_colab_the_placeholder_repository_is_refused(fake_colab, not_installed):
     with pytest.raises(RuntimeError, match=r"python -m layerq_nb.colab --repository"):
         exec(colab.first_cell(colab.PLACEHOLDER), {})
     assert fake_colab["commands"] == [] and fake_colab["widget_manager"] == 0
 
 
-def test_on_colab_the_cell_installs_and_sets_up(fake_colab, capsys):
+def test_on_colab_an_installed_package_is_not_installed_again(fake_colab, capsys):
+    exec(colab.first_cell(colab.PLACEHOLDER), {})       # e.g. the course's wheel: no repository needed
+    assert fake_colab["commands"] == [] and fake_colab["widget_manager"] == 1
+    assert "widgets on" in capsys.readouterr().out
+
+
+def test_on_colab_the_cell_installs_and_sets_up(fake_colab, not_installed, capsys):
     exec(colab.first_cell(REPO), {})
     (command, options), = fake_colab["commands"]
     assert command == colab.install_command(REPO) and options == {"check": True}
