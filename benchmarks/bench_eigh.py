@@ -1,0 +1,85 @@
+"""Where the K-FAC eigendecompositions' time goes on a CPU, and what the alternatives cost (issue 20, item 5).
+
+    python benchmarks/bench_eigh.py [--n 1536] [--tokens 2048] [--matrices 4] [--repeats 2]
+
+SmolLM2-135M's fixed cost is dominated by its 90 factors of width 1,536 (the gate/up output gradients and
+the down input). On a few random factors of that width, built as X^T X / N from N token rows with an
+uneven spectrum, this times, per matrix and fastest of `--repeats`:
+- torch.linalg.eigh in float32 and float64 (LAPACK syevd: what `curvature.symmetric_eigen` runs);
+- eigenvalues alone (torch.linalg.eigvalsh): the tridiagonal reduction (sytrd), which needs every
+  eigenvector-free step of syevd, so eigh minus eigvalsh is what the eigenvectors add;
+- a batched call, and two workers of one thread each (the two cores split by matrix, not inside one);
+- SciPy's syevd and syevr (MRRR) drivers.
+Writes benchmarks/results/eigh.jsonl and prints a markdown table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+
+def best(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=1536)
+    parser.add_argument("--tokens", type=int, default=2048)
+    parser.add_argument("--matrices", type=int, default=4)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    import scipy.linalg
+    gen = torch.Generator().manual_seed(0)
+    mats = []
+    for _ in range(args.matrices):
+        x = torch.randn(args.tokens, args.n, generator=gen) * torch.rand(args.n, generator=gen).pow(4)
+        mats.append((x.T @ x / args.tokens).contiguous())
+    threads = torch.get_num_threads()
+
+    def two_workers():
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                list(pool.map(torch.linalg.eigh, mats))
+        finally:
+            torch.set_num_threads(threads)
+
+    arrays = [m.numpy() for m in mats]
+    variants = {
+        "eigh float32 (default path)": lambda: [torch.linalg.eigh(m) for m in mats],
+        "eigh float64": lambda: [torch.linalg.eigh(m.double()) for m in mats],
+        "eigvalsh float32 (tridiagonal reduction + eigenvalues)": lambda: [torch.linalg.eigvalsh(m) for m in mats],
+        "eigh float32, one batched call": lambda: torch.linalg.eigh(torch.stack(mats)),
+        "eigh float32, two workers x one thread": two_workers,
+        "scipy syevd float32": lambda: [scipy.linalg.eigh(a, driver="evd", check_finite=False) for a in arrays],
+        "scipy syevr float32": lambda: [scipy.linalg.eigh(a, driver="evr", check_finite=False) for a in arrays],
+    }
+    rows = []
+    for name, fn in variants.items():
+        per = best(fn, args.repeats) / args.matrices
+        rows.append(dict(variant=name, n=args.n, tokens=args.tokens, threads=threads, seconds_per_matrix=round(per, 4)))
+    out = Path(__file__).parent / "results" / "eigh.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    base = rows[0]["seconds_per_matrix"]
+    print(f"| n = {args.n}, {threads} threads | s per matrix | vs default |\n|---|---|---|")
+    for row in rows:
+        print(f"| {row['variant']} | {row['seconds_per_matrix']:.3f} | {row['seconds_per_matrix'] / base:.2f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
