@@ -27,7 +27,6 @@ PLACEHOLDER = "https://github.com/" "OWNER/layerq_nb"     # split so that set_re
 REPOSITORY = "https://github.com/OWNER/layerq_nb"          # set_repository rewrites this line
 # Colab has torch (a CUDA build) already: the extra adds the widgets and peft, never a second torch
 EXTRA = "colab"
-BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
 
 
 def on_colab() -> bool:
@@ -50,8 +49,10 @@ def colab_url(notebook: str, repository: str = REPOSITORY, branch: str = "main")
 
 
 def badge(notebook: str, repository: str = REPOSITORY) -> str:
-    """The markdown "Open in Colab" badge of a notebook (its header's second line)."""
-    return f"[![Open In Colab]({BADGE})]({colab_url(notebook, repository)})"
+    """The markdown "Open in Colab" link of a notebook (its header's second line). Text, not Colab's badge
+    image: an image from colab.research.google.com would be fetched wherever the notebook is opened,
+    and offline (a classroom JupyterHub, the rendered course) it fails with a console error."""
+    return f"[Open in Colab]({colab_url(notebook, repository)})"
 
 
 def first_cell(repository: str = REPOSITORY) -> str:

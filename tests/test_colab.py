@@ -4,6 +4,7 @@ repository and turns on the custom widget manager; the badges and cells agree wi
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -54,6 +55,10 @@ def test_each_tutorial_has_the_cell_and_the_badge(path):
                         and not "".join(c["source"]).startswith("# Colab only"))
     assert first_import > params + 1, "installed before the package is first imported"
     assert colab.badge(path.name) in "".join(cells[0]["source"])
+    # nothing in the text is fetched from the internet: offline (a classroom hub, the rendered course,
+    # the browser tests) an outside image is a failed request and a console error
+    markdown = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert not re.search(r"!\[[^\]]*\]\(https?://|<img[^>]+src=[\"']https?://", markdown)
 
 
 def test_off_colab_the_cell_does_nothing(monkeypatch):
