@@ -7,7 +7,7 @@ maximum resident set size covers the largest process of the tree it waits for (t
 benchmarks/results/notebook_memory.jsonl and prints a markdown table. Target (issue 20): <= 1.8 GB, the
 lower end of the 1-2 GB a public Binder guarantees.
 
-`--per-cell` finds where a peak comes from: it runs the notebook with nbclient and, after each cell, reads
+`--per-cell` finds where a peak (or the time) comes from: it runs the notebook with nbclient and, after each cell, reads
 the kernel's high-water mark (VmHWM in /proc/PID/status) and resets it (writing 5 to /proc/PID/clear_refs),
 so each cell's number is the peak reached while it ran. Linux only.
 """
@@ -77,12 +77,15 @@ def per_cell(notebook: Path, *, mode: str, timeout: int) -> list[dict]:
             if cell.cell_type != "code":
                 continue
             _kernel_peak_kib(pid, reset=True)
+            t0 = time.perf_counter()
             client.execute_cell(cell, index)
+            seconds = time.perf_counter() - t0
             first = next((line for line in cell.source.splitlines() if line.strip() and not line.startswith("#")), "")
             rows.append(dict(notebook=notebook.name, cell=index, peak_gb=round(_kernel_peak_kib(pid, reset=False) * 1024 / 1e9, 3),
-                             source=first[:70]))
+                             seconds=round(seconds, 1), source=first[:70]))
     for row in rows:
-        print(f"{row['notebook']} cell {row['cell']:>2}: {row['peak_gb']:.2f} GB  {row['source']}", flush=True)
+        print(f"{row['notebook']} cell {row['cell']:>2}: {row['peak_gb']:.2f} GB {row['seconds']:6.1f} s  {row['source']}",
+              flush=True)
     return rows
 
 

@@ -147,6 +147,11 @@ class ModuleSolve(Solve):
         rotated = self.q_g.T @ g @ self.q_a
         return self.q_g @ (rotated / (self.eig + self.lam)) @ self.q_a.T
 
+    def zeta2_report(self, g: torch.Tensor) -> tuple[float, dict]:
+        """g^T (H + lam I)^-1 g = sum_i (Q^T g)_i^2 / (e_i + lam): one rotation of g, none back."""
+        rotated = g if self.q_a is None else self.q_g.T @ g @ self.q_a
+        return float((rotated.double().square() / (self.eig.double() + self.lam)).sum()), {}
+
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if self.q_a is None:
             return v * (self.eig + self.lam)

@@ -157,17 +157,37 @@ def all_reduce(reducers: Iterable[Reducer]) -> None:
         reducer.tokens = int(count.item())
 
 
+def _entry_hook(module, args, kwargs):
+    """Start autograd at this block's input: what feeds it is computed without a graph."""
+    if args:
+        args = (args[0].detach().requires_grad_(True), *args[1:])
+    else:
+        kwargs = {**kwargs, "hidden_states": kwargs["hidden_states"].detach().requires_grad_(True)}
+    return args, kwargs
+
+
 @contextlib.contextmanager
-def _hooks(model, on_pair):
+def _hooks(model, on_pair, only: Collection[int] | None = None):
     """Hook every linear module of every block: forward keeps a, a tensor hook on the output gets b.
-    Weights are frozen and the embedding output requires grad; everything is restored on exit."""
+    Weights are frozen and autograd starts at the embedding output, or, when only some layers are
+    reduced (`only`), at the input of the lowest of them: the backward stops there, since nothing below
+    feeds a statistic. Everything is restored on exit."""
     handles, saved_flags = [], [(p, p.requires_grad) for p in model.parameters()]
+    layers = find_layers(model)
+    lowest = min(only) if only else None
+    if lowest is not None and lowest not in {layer.index for layer in layers}:
+        raise ValueError(f"only names layer {lowest}, which the model does not have (layers "
+                         f"{layers[0].index}-{layers[-1].index})")
     try:
         for p, _ in saved_flags:
             p.requires_grad_(False)
-        embed = model.get_input_embeddings()
-        handles.append(embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True)))
-        for layer in find_layers(model):
+        if lowest is None or lowest == layers[0].index:
+            embed = model.get_input_embeddings()
+            handles.append(embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True)))
+        else:
+            entry = next(layer for layer in layers if layer.index == lowest)
+            handles.append(entry.module.register_forward_pre_hook(_entry_hook, with_kwargs=True))
+        for layer in layers:
             for name, module in layer.linears.items():
                 key = (layer.index, name)
 
@@ -256,7 +276,7 @@ def run_tape(model: torch.nn.Module, blocks: Blocks, reducers: Sequence[Reducer]
 
     total = 0.0
     bar = tqdm(total=len(blocks), desc=desc, unit="block", disable=not progress, leave=False)
-    with _hooks(model, on_pair):
+    with _hooks(model, on_pair, only):
         for start, batch in zip(range(0, len(blocks), batch_size), blocks.batches(batch_size)):
             batch = {k: v.to(device) for k, v in batch.items()}
             mask = batch["attention_mask"].reshape(-1).bool()

@@ -153,3 +153,31 @@ def test_streamed_influence_checks_layers_per_pass_first(micro, layers_per_pass)
     model, blocks = micro
     with pytest.raises(ValueError, match="layers_per_pass must be"):
         layer_influence(model, blocks, blocks, layers_per_pass=layers_per_pass, progress=False)
+
+
+
+def test_a_pass_over_some_layers_starts_autograd_at_the_lowest_of_them(micro):
+    """With `only`, the backward stops at the input of the lowest layer reduced (nothing below feeds a
+    statistic), and what it reduces is bit-identical to the same modules in a pass over every layer."""
+    from layerq_nb.tape import GradientSum, run_tape
+    model, blocks = micro
+    flags = [p.requires_grad for p in model.parameters()]
+    graph = {}
+    handles = [layer.module.register_forward_hook(
+        lambda m, i, out, k=layer.index: graph.__setitem__(k, (out[0] if isinstance(out, tuple) else out).requires_grad))
+        for layer in models.layers(model)]
+    try:
+        full, part = GradientSum(), GradientSum()
+        run_tape(model, blocks, [full], progress=False)
+        assert graph == {0: True, 1: True, 2: True, 3: True}
+        run_tape(model, blocks, [part], progress=False, only={2, 3})
+        assert graph == {0: False, 1: False, 2: True, 3: True}
+    finally:
+        for h in handles:
+            h.remove()
+    assert set(part.state) == {k for k in full.state if k[0] in {2, 3}}
+    for key, value in part.state.items():
+        torch.testing.assert_close(value, full.state[key], rtol=0, atol=0)
+    assert [p.requires_grad for p in model.parameters()] == flags
+    with pytest.raises(ValueError, match="does not have"):
+        run_tape(model, blocks, [GradientSum()], progress=False, only={9})

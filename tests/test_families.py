@@ -75,6 +75,9 @@ def test_the_pipeline_runs_on_each_family(family):
 
     scores = score(model, blocks, curvature="kfac", progress=False)
     assert len(scores) == 2 and np.all(scores.values > 0) and scores.names == tuple(layer.name for layer in found)
+    # one layer per pass: the second pass starts autograd at block 1's input, however the family calls it
+    streamed = score(model, blocks, curvature="kfac", layers_per_pass=1, progress=False)
+    np.testing.assert_allclose(streamed.values, scores.values, rtol=1e-6, atol=0)
 
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     with pruned(model, [0.5, 0.7], "wanda", blocks=blocks, batch_size=2, progress=False) as report:
