@@ -79,7 +79,8 @@ def score(model, blocks: Blocks, *, method: str = "zeta2", curvature: str = "kfa
     whole layer's Gauss-Newton block, dense when D <= max_dense, else CG). granularity: "block" (one
     score per decoder layer) or "module" (one per linear module). layers_per_pass: None fits every
     layer's statistics in one pass; k streams them k layers at a time (one pass per group, each group's
-    factors and gradients freed before the next), for a smaller peak memory and the same scores.
+    factors and gradients freed before the next), for a smaller peak memory and the same scores; each
+    group's backward stops at its lowest layer, so groups high in the model cost little more than a forward.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")

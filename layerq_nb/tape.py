@@ -241,7 +241,7 @@ def run_tape(model: torch.nn.Module, blocks: Blocks, reducers: Sequence[Reducer]
     loss (per-token gradients, for Fisher statistics), "block_mean" the sum over blocks of each
     block's mean loss (per-example losses l(z_i), for influence functions). `block_ids` (global block indices) make sampled
     labels independent of sharding and batching. `only`: layer indices whose modules are reduced
-    (default all). `then`: further `Phase(reducers, labels, reduction)`s that reuse each batch's forward
+    (default all); the backward then stops at the input of the lowest of them. `then`: further `Phase(reducers, labels, reduction)`s that reuse each batch's forward
     pass with one more backward each (gradients and Fisher statistics from one forward), e.g.
     `then=[Phase([GradientSum()], "data", "mean")]`. `autocast`:
     True (bfloat16) or a half dtype for the passes, e.g. `device.dtype_policy(device).autocast`; the
