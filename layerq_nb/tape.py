@@ -174,8 +174,9 @@ def _hooks(model, on_pair, only: Collection[int] | None = None):
     feeds a statistic. Everything is restored on exit."""
     handles, saved_flags = [], [(p, p.requires_grad) for p in model.parameters()]
     layers = find_layers(model)
+    by_index = {layer.index: layer for layer in layers}
     lowest = min(only) if only else None
-    if lowest is not None and lowest not in {layer.index for layer in layers}:
+    if lowest is not None and lowest not in by_index:
         raise ValueError(f"only names layer {lowest}, which the model does not have (layers "
                          f"{layers[0].index}-{layers[-1].index})")
     try:
@@ -185,8 +186,7 @@ def _hooks(model, on_pair, only: Collection[int] | None = None):
             embed = model.get_input_embeddings()
             handles.append(embed.register_forward_hook(lambda m, i, out: out.requires_grad_(True)))
         else:
-            entry = next(layer for layer in layers if layer.index == lowest)
-            handles.append(entry.module.register_forward_pre_hook(_entry_hook, with_kwargs=True))
+            handles.append(by_index[lowest].module.register_forward_pre_hook(_entry_hook, with_kwargs=True))
         for layer in layers:
             for name, module in layer.linears.items():
                 key = (layer.index, name)
@@ -241,8 +241,8 @@ def run_tape(model: torch.nn.Module, blocks: Blocks, reducers: Sequence[Reducer]
     loss (per-token gradients, for Fisher statistics), "block_mean" the sum over blocks of each
     block's mean loss (per-example losses l(z_i), for influence functions). `block_ids` (global block indices) make sampled
     labels independent of sharding and batching. `only`: layer indices whose modules are reduced
-    (default all); the backward then stops at the input of the lowest of them. `then`: further `Phase(reducers, labels, reduction)`s that reuse each batch's forward
-    pass with one more backward each (gradients and Fisher statistics from one forward), e.g.
+    (default all); the backward then stops at the input of the lowest of them. `then`: further
+    `Phase(reducers, labels, reduction)`s that reuse each batch's forward pass with one more backward each (gradients and Fisher statistics from one forward), e.g.
     `then=[Phase([GradientSum()], "data", "mean")]`. `autocast`:
     True (bfloat16) or a half dtype for the passes, e.g. `device.dtype_policy(device).autocast`; the
     statistics are float32 either way.

@@ -155,7 +155,6 @@ def test_streamed_influence_checks_layers_per_pass_first(micro, layers_per_pass)
         layer_influence(model, blocks, blocks, layers_per_pass=layers_per_pass, progress=False)
 
 
-
 def test_a_pass_over_some_layers_starts_autograd_at_the_lowest_of_them(micro):
     """With `only`, the backward stops at the input of the lowest layer reduced (nothing below feeds a
     statistic), and what it reduces is bit-identical to the same modules in a pass over every layer."""
