@@ -46,8 +46,8 @@ from .tape import DiagonalFisher, EKFACCorrection, GradientSum, KFACFactors, Pha
 
 __all__ = ["CURVATURES", "FACTORED", "DAMPING_MODES", "FISHERS", "FITTERS", "CurvatureOptions", "damping_level",
            "Solve", "ModuleSolve", "IdentitySolve", "ExactSolve", "ModuleSolves", "Passes", "fit",
-           "float32_is_enough", "symmetric_eigen", "kfac_eigen", "ggn_vector_product", "exact_operator", "ExactLayer",
-           "exact_layer"]
+           "float32_is_enough", "symmetric_eigen", "row_eigen", "kfac_eigen", "ggn_vector_product", "exact_operator",
+           "ExactLayer", "exact_layer"]
 
 DAMPING_MODES = ("relative", "absolute")
 FISHERS = ("sampled", "empirical")
@@ -128,42 +128,83 @@ class Solve:
 @dataclass(frozen=True, eq=False)
 class ModuleSolve(Solve):
     """H stored as a diagonal in a rotated basis: solve(g) = Q_G [(Q_G^T g Q_A) / (eig + lam)] Q_A^T;
-    diag uses Q = I."""
-    eig: torch.Tensor                  # (d_out, d_in) eigenvalues of H in the basis
+    diag uses Q = I.
+
+    A thin basis (Q_G (d_out, r_g) or Q_A (d_in, r_a) with fewer columns than rows, from `row_eigen`)
+    means H is 0 outside it, so the rest of g, g_perp = g - Q_G (Q_G^T g Q_A) Q_A^T, is divided by lam
+    alone: solve(g) = Q_G [(Q_G^T g Q_A) / (eig + lam)] Q_A^T + g_perp / lam."""
+    eig: torch.Tensor                  # (r_g, r_a) eigenvalues of H in the basis ((d_out, d_in) when full)
     lam: float
-    q_a: torch.Tensor | None = None    # (d_in, d_in)
-    q_g: torch.Tensor | None = None    # (d_out, d_out)
+    q_a: torch.Tensor | None = None    # (d_in, r_a), r_a = d_in unless thin
+    q_g: torch.Tensor | None = None    # (d_out, r_g)
+
+    @property
+    def thin(self) -> bool:
+        return self.q_a is not None and (self.q_a.shape[1] < self.q_a.shape[0] or self.q_g.shape[1] < self.q_g.shape[0])
+
+    @property
+    def dim(self) -> int:
+        """The number of weights, d_out * d_in."""
+        return self.eig.numel() if self.q_a is None else self.q_a.shape[0] * self.q_g.shape[0]
 
     @property
     def mean_eigenvalue(self) -> float:
-        return float(self.eig.mean(dtype=torch.float64))
+        return float(self.eig.sum(dtype=torch.float64)) / self.dim
 
     def spectrum(self) -> torch.Tensor:
-        return self.eig
+        """Every eigenvalue of H, the zeros outside a thin basis included."""
+        if not self.thin:
+            return self.eig
+        return torch.cat([self.eig.flatten(), self.eig.new_zeros(self.dim - self.eig.numel())])
+
+    def _rotate(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Q_G^T g Q_A, and g_perp when the basis is thin: formed directly, not as a difference of norms,
+        and projected out twice ("twice is enough": Parlett, "The Symmetric Eigenvalue Problem", 1980,
+        section 6.9), since the first difference's rounding leaves a part inside the basis that g^T
+        solve(g) would divide by a small lam at first order."""
+        if self.q_a is None:
+            return g, None
+        rotated = self.q_g.T @ g @ self.q_a
+        if not self.thin:
+            return rotated, None
+        rest = g - self.q_g @ rotated @ self.q_a.T
+        return rotated, rest - self.q_g @ (self.q_g.T @ rest @ self.q_a) @ self.q_a.T
 
     def solve(self, g: torch.Tensor) -> torch.Tensor:
         if self.q_a is None:
             return g / (self.eig + self.lam)
-        rotated = self.q_g.T @ g @ self.q_a
-        return self.q_g @ (rotated / (self.eig + self.lam)) @ self.q_a.T
+        rotated, rest = self._rotate(g)
+        step = self.q_g @ (rotated / (self.eig + self.lam)) @ self.q_a.T
+        return step if rest is None else step + rest / self.lam
 
     def zeta2_report(self, g: torch.Tensor) -> tuple[float, dict]:
-        """g^T (H + lam I)^-1 g = sum_i (Q^T g)_i^2 / (e_i + lam): one rotation of g, none back."""
-        rotated = g if self.q_a is None else self.q_g.T @ g @ self.q_a
-        return float((rotated.double().square() / (self.eig.double() + self.lam)).sum()), {}
+        """g^T (H + lam I)^-1 g = sum_i (Q^T g)_i^2 / (e_i + lam) (+ ||g_perp||^2 / lam when thin): one
+        rotation of g (and a way back only for a thin basis)."""
+        rotated, rest = self._rotate(g)
+        zeta2 = (rotated.double().square() / (self.eig.double() + self.lam)).sum()
+        return float(zeta2 if rest is None else zeta2 + rest.double().square().sum() / self.lam), {}
 
     def matvec(self, v: torch.Tensor) -> torch.Tensor:
         if self.q_a is None:
             return v * (self.eig + self.lam)
-        return self.q_g @ ((self.q_g.T @ v @ self.q_a) * (self.eig + self.lam)) @ self.q_a.T
+        rotated, rest = self._rotate(v)
+        out = self.q_g @ (rotated * (self.eig + self.lam)) @ self.q_a.T
+        return out if rest is None else out + self.lam * rest
 
     def zeta2_grid(self, g: torch.Tensor, dampings: Iterable[float], mode: str = "relative") -> np.ndarray:
-        """sum_i (Q^T g)_i^2 / (e_i + lam) per damping, in float64: the gradient is rotated once, so a
-        slider over the grid costs no matmul."""
+        """sum_i (Q^T g)_i^2 / (e_i + lam) (+ ||g_perp||^2 / lam) per damping, in float64: the gradient is
+        rotated once, so a slider over the grid costs no matmul."""
         g = g.double()
-        r2 = (g if self.q_a is None else self.q_g.T.double() @ g @ self.q_a.double()) ** 2
+        if self.q_a is None:
+            r2, rest2 = g ** 2, 0.0
+        else:
+            q_a, q_g = self.q_a.double(), self.q_g.double()
+            rotated = q_g.T @ g @ q_a
+            r2 = rotated ** 2
+            rest2 = float(((g - q_g @ rotated @ q_a.T) ** 2).sum()) if self.thin else 0.0
         eig, mean = self.eig.double().expand_as(r2), self.mean_eigenvalue
-        return np.array([float((r2 / (eig + damping_level(d, mode, mean))).sum()) for d in dampings])
+        lams = [damping_level(d, mode, mean) for d in dampings]
+        return np.array([float((r2 / (eig + lam)).sum()) + (rest2 / lam if rest2 else 0.0) for lam in lams])
 
 
 @dataclass(frozen=True, eq=False)
@@ -195,19 +236,21 @@ class IdentitySolve(Solve):
 FLOAT32_SPREAD_TOLERANCE = 1e-2
 
 
-def float32_is_enough(eig: torch.Tensor) -> bool:
-    """Whether a float32 eigendecomposition with eigenvalues `eig` is accurate enough for the damped solves.
+def float32_is_enough(eig: torch.Tensor, dim: int | None = None) -> bool:
+    """Whether a float32 eigendecomposition with eigenvalues `eig` is accurate enough for the damped solves
+    (`dim`: the factor's width when `eig` holds only its nonzero part, the rest being 0).
 
     A backward-stable eigh returns the exact decomposition of F + E with ||E|| ~ sqrt(n) eps ||F||
     (Demmel, "Applied Numerical Linear Algebra", 1997, section 5.2). The solves damp by a multiple of the
     mean eigenvalue, so what matters is ||E|| relative to the mean: sqrt(n) eps32 lambda_max / mean(lambda).
     Factors whose spectrum is dominated by a few directions (the ratio grows) are redone in float64."""
     eig = eig.double()
-    mean = float(eig.clamp_min(0).mean())
+    dim = eig.numel() if dim is None else dim
+    mean = float(eig.clamp_min(0).sum()) / dim
     if not torch.isfinite(eig).all() or mean <= 0:
         return False
     spread = float(eig.max()) / mean
-    return torch.finfo(torch.float32).eps * eig.numel() ** 0.5 * spread <= FLOAT32_SPREAD_TOLERANCE
+    return torch.finfo(torch.float32).eps * dim ** 0.5 * spread <= FLOAT32_SPREAD_TOLERANCE
 
 
 def symmetric_eigen(matrix: torch.Tensor, dtype=None):
@@ -228,6 +271,26 @@ def symmetric_eigen(matrix: torch.Tensor, dtype=None):
         pass
     eig, vec = torch.linalg.eigh(matrix.double())
     return eig.clamp_min(0).float(), vec.float()
+
+
+def row_eigen(rows: torch.Tensor, scale: float, dtype=torch.float64):
+    """The eigenpairs of F = X^T X / scale from its T rows X (T, d), T < d: F has rank at most T, and with
+    X^T = Q R (thin QR), F = Q (R R^T / scale) Q^T, so the (T, T) eigh of R R^T / scale gives the
+    eigenvalues and Q its eigenvectors: (T,) and (d, T), against a (d, d) eigh of F (the R-SVD: Chan,
+    "An improved algorithm for computing the singular value decomposition", ACM TOMS 8(1), 1982).
+
+    F's other d - T eigenvalues are exactly 0 (`ModuleSolve` treats the directions outside Q that way),
+    where a (d, d) eigh of the summed factor returns rounding noise there, which the damped solves divide
+    by (e_A e_G + lambda) with e_G as large as G's top eigenvalue. float64 by default: on (T, T) it costs
+    a fraction of a float32 (d, d) eigh. A factor less than twice as wide as its rows gets the full (d, d)
+    eigh of its float64 sum instead, which is cheaper there (`benchmarks/bench_eigh.py`) and as exact."""
+    if rows.shape[1] < 2 * rows.shape[0]:
+        x = rows.to(dtype)
+        eig, vec = torch.linalg.eigh(x.T @ x / scale)
+        return eig.clamp_min(0).float(), vec.float()
+    q, r = torch.linalg.qr(rows.T.to(dtype))
+    eig, vec = torch.linalg.eigh(r @ r.T / scale)
+    return eig.clamp_min(0).float(), (q @ vec).float()
 
 
 def kfac_eigen(A: torch.Tensor, G: torch.Tensor, dtype=torch.float64):
@@ -271,6 +334,7 @@ def ggn_vector_product(model, blocks: Blocks, layer_index: int, v: dict, batch_s
     n_targets = blocks.n_targets
     out = {n: torch.zeros_like(t) for n, t in theta.items()}
     device = next(model.parameters()).device
+    # out of place throughout: `exact_operator` maps this over many v at once (torch.func.vmap)
     with _eager_attention(model), torch.enable_grad():
         for batch in blocks.batches(batch_size):
             ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -285,8 +349,7 @@ def ggn_vector_product(model, blocks: Blocks, layer_index: int, v: dict, batch_s
             u = u * (targets != IGNORE).unsqueeze(-1) / n_targets
             _, pullback = vjp(logits_of, theta)
             (grads,) = pullback(u.to(logits.dtype))
-            for n in names:
-                out[n] += grads[n]
+            out = {n: out[n] + grads[n] for n in names}
     return out
 
 
@@ -337,7 +400,11 @@ def exact_operator(model: nn.Module, blocks: Blocks, layer_index: int, *, max_de
 
     dim = sum(p.numel() for p in like.values())
     if dim <= max_dense:
-        dense = torch.stack([gvp(e) for e in torch.eye(dim, dtype=torch.float64, device=device)], dim=1)
+        # all D columns G_kk e_j as one batched product (torch.func.vmap), in chunks whose logit tangents
+        # (batch x positions x vocabulary floats per column) stay under about 256 MB
+        per_column = min(batch_size, len(blocks)) * blocks.block_size * model.config.vocab_size
+        chunk = max(1, min(dim, (1 << 26) // per_column))
+        dense = torch.func.vmap(gvp, chunk_size=chunk)(torch.eye(dim, dtype=torch.float64, device=device)).T
         dense = (dense + dense.T) / 2
         return ExactSolve(gvp, float(torch.trace(dense)) / dim, dense=dense)
     # cpu on purpose: the probes are drawn on the CPU so a seed gives the same trace estimate on any device
@@ -476,19 +543,27 @@ class ModuleSolves:
 
 class _KFACEigen(KFACFactors):
     """K-FAC factors decomposed one module at a time, each factor freed once decomposed (measured on
-    SmolLM2-135M: 1.1 GB of factors against a 4 GiB budget)."""
+    SmolLM2-135M: 1.1 GB of factors against a 4 GiB budget); a factor kept as rows (wider than the tokens
+    of the pass) is decomposed from them (`row_eigen`)."""
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, max_rows: int | None = None):
+        super().__init__(max_rows)
         self.input_eigen: dict = {}         # A's owner -> (alpha, Q_A)
+
+    def _eigen(self, key: tuple, scale: int) -> tuple:
+        rows = self.row_matrix(key)
+        if rows is not None:
+            del self.rows[key]
+            return row_eigen(rows, scale)
+        return symmetric_eigen(self.state.pop(key).div_(scale))
 
     def eigen(self, key, n_targets: int) -> tuple:
         """(alpha, Q_A, gamma, Q_G) of A = sum a a^T / T and G = sum b b^T / N; q/k/v (and gate/up) share
         one A, decomposed once."""
         owner = self.a_owner[key]
         if owner not in self.input_eigen:
-            self.input_eigen[owner] = symmetric_eigen(self.state.pop(("A", *owner)).div_(self.tokens))
-        return (*self.input_eigen[owner], *symmetric_eigen(self.state.pop(("G", *key)).div_(n_targets)))
+            self.input_eigen[owner] = self._eigen(("A", *owner), self.tokens)
+        return (*self.input_eigen[owner], *self._eigen(("G", *key), n_targets))
 
 
 def _statistics(passes: Passes, options: CurvatureOptions, reducer: Reducer, desc: str, gradients: bool):
@@ -510,7 +585,8 @@ def _fit_diag(passes: Passes, options: CurvatureOptions, gradients: bool):
 
 
 def _fit_kfac(passes: Passes, options: CurvatureOptions, gradients: bool, corrected: bool = False):
-    factors = _KFACEigen()
+    # K-FAC may keep a wide factor's token rows (a thin eigenbasis); EK-FAC's corrections need full bases
+    factors = _KFACEigen(None if corrected else len(passes.blocks) * passes.blocks.block_size)
     grads = _statistics(passes, options, factors, "gradients + K-FAC factors", gradients)
     n = passes.blocks.n_targets
     bases = {k: factors.eigen(k, n) for k in passes.keys()}        # k -> (alpha, Q_A, gamma, Q_G)

@@ -98,19 +98,48 @@ class GradientSum(Reducer):
 
 class KFACFactors(Reducer):
     """G = sum_t b_t b_t^T (d_out, d_out) per module and A = sum_t a_t a_t^T (d_in, d_in) per input:
-    modules that read one input (q/k/v, gate/up) share one A, stored under the first of them."""
+    modules that read one input (q/k/v, gate/up) share one A, stored under the first of them.
 
-    def __init__(self):
+    `max_rows`: the most token rows this process will reduce. A factor wider than that has rank at most
+    `max_rows`, so it keeps its rows instead (`rows[kind, *key]`, (T, d)): they take less memory than the
+    (d, d) sum, and `curvature.row_eigen` decomposes them exactly, null space included, for a fraction of
+    a (d, d) eigh. `fold_rows` turns them into sums (before sums cross processes)."""
+
+    def __init__(self, max_rows: int | None = None):
         super().__init__()
         self.a_owner: dict = {}     # module key -> key whose ("A", ...) entry holds its input factor
+        self.max_rows = max_rows
+        self.rows: dict[tuple, list[torch.Tensor]] = {}
+
+    def _add(self, key: tuple, x: torch.Tensor) -> None:
+        if self.max_rows is not None and x.shape[1] > self.max_rows:
+            self.rows.setdefault(key, []).append(x.detach().clone())
+        else:
+            self.total(key, (x.shape[1],) * 2, x).addmm_(x.T, x)
 
     def update(self, key: Key, a: torch.Tensor, b: torch.Tensor, shared: int, bounds: Sequence[int]) -> None:
         owner = self.a_owner.setdefault(key, self.once(shared, lambda: key))
         if owner == key:
-            self.total(("A", *key), (a.shape[1],) * 2, a).addmm_(a.T, a)
-        self.total(("G", *key), (b.shape[1],) * 2, b).addmm_(b.T, b)
+            self._add(("A", *key), a)
+        self._add(("G", *key), b)
+
+    def row_matrix(self, key: tuple) -> torch.Tensor | None:
+        """The rows kept for ("A" or "G", *module key), stacked (T, d), or None when summed instead."""
+        if key not in self.rows:
+            return None
+        if len(self.rows[key]) > 1:
+            self.rows[key] = [torch.cat(self.rows[key])]
+        return self.rows[key][0]
+
+    def fold_rows(self) -> None:
+        """Every kept set of rows X becomes its sum X^T X in `state`."""
+        for key in list(self.rows):
+            x = self.row_matrix(key)
+            self.state[key] = x.T @ x
+            del self.rows[key]
 
     def A(self, key: Key) -> torch.Tensor:
+        self.fold_rows()
         return self.state[("A", *self.a_owner[key])]
 
 
@@ -150,6 +179,8 @@ def all_reduce(reducers: Iterable[Reducer]) -> None:
     # NCCL reduces only CUDA tensors, gloo CPU ones: the count travels on the backend's device
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     for reducer in reducers:
+        if isinstance(reducer, KFACFactors):
+            reducer.fold_rows()         # rows cannot be summed across processes, their products can
         for key in sorted(reducer.state, key=str):      # the same order on every process
             dist.all_reduce(reducer.state[key])
         count = torch.tensor([reducer.tokens], dtype=torch.float64, device=device)

@@ -100,7 +100,7 @@ def test_02_3_package_factors_are_the_scoring_factors(module_data):
     """The factors the check holds as expected are the ones module_solves decomposes: its eigenvalues."""
     A, G = package_factors(module_data["a"], module_data["b"], module_data["n_targets"])
     eig = np.outer(np.clip(np.linalg.eigvalsh(G), 0, None), np.clip(np.linalg.eigvalsh(A), 0, None))
-    assert np.allclose(np.sort(eig.ravel()), np.sort(module_data["solve"].eig.double().numpy().ravel()),
+    assert np.allclose(np.sort(eig.ravel()), np.sort(module_data["solve"].spectrum().double().numpy().ravel()),
                        rtol=1e-4, atol=1e-6 * eig.max())
 
 
