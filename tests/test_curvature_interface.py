@@ -34,7 +34,7 @@ def test_the_registry_names_every_curvature():
 @pytest.mark.parametrize("curvature", curv.CURVATURES)
 def test_every_solve_inverts_its_matvec_and_damps_in_one_place(micro, curvature):
     model, blocks = micro
-    exact = dict(only={0}, max_dense=0) if curvature == "exact" else {}    # CG: a dense block takes minutes here
+    exact = dict(only={0}, max_dense=0) if curvature == "exact" else {}    # the CG path (dense: test_scoring)
     fitted = module_solves(model, blocks, curvature, damping=0.3, gradients=True, progress=False, **exact)
     assert isinstance(fitted, ModuleSolves) and fitted.solves.keys() == fitted.gradients.keys()
     for key, solve in fitted.solves.items():
@@ -66,9 +66,8 @@ def test_streamed_scores_equal_the_one_pass_scores(micro, curvature, layers_per_
     """Sampled labels are seeded per block and every module's statistics depend only on its own (a, b),
     so streaming the layers changes nothing but the peak memory."""
     model, blocks = micro
-    exact = dict(max_dense=0) if curvature == "exact" else {}
-    one = score(model, blocks, curvature=curvature, progress=False, **exact)
-    streamed = score(model, blocks, curvature=curvature, layers_per_pass=layers_per_pass, progress=False, **exact)
+    one = score(model, blocks, curvature=curvature, progress=False)
+    streamed = score(model, blocks, curvature=curvature, layers_per_pass=layers_per_pass, progress=False)
     np.testing.assert_allclose(streamed.values, one.values, rtol=1e-6, atol=0)
     assert streamed.metadata == one.metadata
 
