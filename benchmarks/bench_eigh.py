@@ -9,7 +9,10 @@ uneven spectrum, this times, per matrix and fastest of `--repeats`:
 - eigenvalues alone (torch.linalg.eigvalsh): the tridiagonal reduction (sytrd), which needs every
   eigenvector-free step of syevd, so eigh minus eigvalsh is what the eigenvectors add;
 - a batched call, and two workers of one thread each (the two cores split by matrix, not inside one);
-- SciPy's syevd and syevr (MRRR) drivers.
+- SciPy's syevd and syevr (MRRR) drivers;
+- with fewer token rows than the width (--tokens < --n), `curvature.row_eigen` from the rows (thin QR,
+  then a (tokens, tokens) float64 eigh; under twice the rows, the float64 (n, n) eigh of their float64
+  sum): what K-FAC runs on such a factor.
 Writes benchmarks/results/eigh.jsonl and prints a markdown table.
 """
 from __future__ import annotations
@@ -32,9 +35,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import scipy.linalg
     gen = torch.Generator().manual_seed(0)
-    mats = []
+    mats, xs = [], []
     for _ in range(args.matrices):
         x = torch.randn(args.tokens, args.n, generator=gen) * torch.rand(args.n, generator=gen).pow(4)
+        xs.append(x)
         mats.append((x.T @ x / args.tokens).contiguous())
     threads = torch.get_num_threads()
 
@@ -56,6 +60,9 @@ def main(argv=None) -> int:
         "scipy syevd float32": lambda: [scipy.linalg.eigh(a, driver="evd", check_finite=False) for a in arrays],
         "scipy syevr float32": lambda: [scipy.linalg.eigh(a, driver="evr", check_finite=False) for a in arrays],
     }
+    if args.tokens < args.n:
+        from layerq_nb.curvature import row_eigen
+        variants["row_eigen float64 from the token rows"] = lambda: [row_eigen(x, args.tokens) for x in xs]
     rows = []
     for name, fn in variants.items():
         per = best_of(fn, args.repeats) / args.matrices
