@@ -164,11 +164,12 @@ class ModuleSolve(Solve):
         solve(g) would divide by a small lam at first order."""
         if self.q_a is None:
             return g, None
-        rotated = self.q_g.T @ g @ self.q_a
+        q_a, q_g = self.q_a.to(g.dtype), self.q_g.to(g.dtype)      # zeta2_grid rotates in float64
+        rotated = q_g.T @ g @ q_a
         if not self.thin:
             return rotated, None
-        rest = g - self.q_g @ rotated @ self.q_a.T
-        return rotated, rest - self.q_g @ (self.q_g.T @ rest @ self.q_a) @ self.q_a.T
+        rest = g - q_g @ rotated @ q_a.T
+        return rotated, rest - q_g @ (q_g.T @ rest @ q_a) @ q_a.T
 
     def solve(self, g: torch.Tensor) -> torch.Tensor:
         if self.q_a is None:
@@ -194,14 +195,8 @@ class ModuleSolve(Solve):
     def zeta2_grid(self, g: torch.Tensor, dampings: Iterable[float], mode: str = "relative") -> np.ndarray:
         """sum_i (Q^T g)_i^2 / (e_i + lam) (+ ||g_perp||^2 / lam) per damping, in float64: the gradient is
         rotated once, so a slider over the grid costs no matmul."""
-        g = g.double()
-        if self.q_a is None:
-            r2, rest2 = g ** 2, 0.0
-        else:
-            q_a, q_g = self.q_a.double(), self.q_g.double()
-            rotated = q_g.T @ g @ q_a
-            r2 = rotated ** 2
-            rest2 = float(((g - q_g @ rotated @ q_a.T) ** 2).sum()) if self.thin else 0.0
+        rotated, rest = self._rotate(g.double())
+        r2, rest2 = rotated ** 2, 0.0 if rest is None else float((rest ** 2).sum())
         eig, mean = self.eig.double().expand_as(r2), self.mean_eigenvalue
         lams = [damping_level(d, mode, mean) for d in dampings]
         return np.array([float((r2 / (eig + lam)).sum()) + (rest2 / lam if rest2 else 0.0) for lam in lams])
@@ -236,21 +231,19 @@ class IdentitySolve(Solve):
 FLOAT32_SPREAD_TOLERANCE = 1e-2
 
 
-def float32_is_enough(eig: torch.Tensor, dim: int | None = None) -> bool:
-    """Whether a float32 eigendecomposition with eigenvalues `eig` is accurate enough for the damped solves
-    (`dim`: the factor's width when `eig` holds only its nonzero part, the rest being 0).
+def float32_is_enough(eig: torch.Tensor) -> bool:
+    """Whether a float32 eigendecomposition with eigenvalues `eig` is accurate enough for the damped solves.
 
     A backward-stable eigh returns the exact decomposition of F + E with ||E|| ~ sqrt(n) eps ||F||
     (Demmel, "Applied Numerical Linear Algebra", 1997, section 5.2). The solves damp by a multiple of the
     mean eigenvalue, so what matters is ||E|| relative to the mean: sqrt(n) eps32 lambda_max / mean(lambda).
     Factors whose spectrum is dominated by a few directions (the ratio grows) are redone in float64."""
     eig = eig.double()
-    dim = eig.numel() if dim is None else dim
-    mean = float(eig.clamp_min(0).sum()) / dim
+    mean = float(eig.clamp_min(0).mean())
     if not torch.isfinite(eig).all() or mean <= 0:
         return False
     spread = float(eig.max()) / mean
-    return torch.finfo(torch.float32).eps * dim ** 0.5 * spread <= FLOAT32_SPREAD_TOLERANCE
+    return torch.finfo(torch.float32).eps * eig.numel() ** 0.5 * spread <= FLOAT32_SPREAD_TOLERANCE
 
 
 def symmetric_eigen(matrix: torch.Tensor, dtype=None):
