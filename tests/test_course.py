@@ -161,6 +161,7 @@ def _csv(path: Path) -> dict[str, dict[str, str]]:
         return {row["student"]: row for row in csv.DictReader(f)}
 
 
+@pytest.mark.slow
 def test_build_then_grade_scores_solved_blank_and_partial(course, tmp_path):
     release = course.student / "notebooks" / "06_transfer_regret.ipynb"
     submissions = tmp_path / "submissions"
@@ -198,6 +199,7 @@ TINY = {"cells": [
     "nbformat": 4, "nbformat_minor": 5}
 
 
+@pytest.mark.slow
 def test_grade_contains_a_crash_a_flood_and_an_endless_loop(tmp_path):
     from layerq_nb.course.editions import build
     from layerq_nb.course.grade import grade

@@ -33,6 +33,7 @@ def test_block_size_beyond_context_is_an_error(tiny):
         model.config.max_position_embeddings = 512
 
 
+@pytest.mark.slow
 @pytest.mark.real_model
 def test_real_model_perplexity_per_task(real):
     model, tok = real
