@@ -29,6 +29,7 @@ import contextlib
 import dataclasses
 import functools
 import numbers
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -376,6 +377,20 @@ class ExactSolve(Solve):
         return float(g @ x), {"cg_iterations": iterations, "cg_residual": residual}
 
 
+def batched_products(fn: Callable[[torch.Tensor], torch.Tensor], vectors: torch.Tensor, *, chunk: int) -> torch.Tensor:
+    """fn applied to each row of `vectors`, stacked: one batched call per `chunk` rows (torch.func.vmap),
+    or one call per row where the model has an operation vmap cannot batch (its error says which)."""
+    try:
+        return torch.func.vmap(fn, chunk_size=max(1, min(len(vectors), chunk)))(vectors)
+    except RuntimeError as err:
+        message = str(err).lower()
+        if isinstance(err, torch.OutOfMemoryError) or ("vmap" not in message and "batching rule" not in message):
+            raise
+        warnings.warn(f"the Gauss-Newton products could not be batched ({str(err).splitlines()[0][:200]}); "
+                      "computing them one at a time", RuntimeWarning, stacklevel=2)
+        return torch.stack([fn(v) for v in vectors])
+
+
 def exact_operator(model: nn.Module, blocks: Blocks, layer_index: int, *, max_dense: int = 1024,
                    hutchinson_probes: int = 8, seed: int = 0, batch_size: int = 4, cg_tol: float = 1e-6,
                    cg_max_iter: int = 200) -> ExactSolve:
@@ -396,8 +411,7 @@ def exact_operator(model: nn.Module, blocks: Blocks, layer_index: int, *, max_de
         # all D columns G_kk e_j as one batched product (torch.func.vmap), in chunks whose logit tangents
         # (batch x positions x vocabulary floats per column) stay under about 256 MB
         per_column = min(batch_size, len(blocks)) * blocks.block_size * model.config.vocab_size
-        chunk = max(1, min(dim, (1 << 26) // per_column))
-        dense = torch.func.vmap(gvp, chunk_size=chunk)(torch.eye(dim, dtype=torch.float64, device=device)).T
+        dense = batched_products(gvp, torch.eye(dim, dtype=torch.float64, device=device), chunk=(1 << 26) // per_column).T
         dense = (dense + dense.T) / 2
         return ExactSolve(gvp, float(torch.trace(dense)) / dim, dense=dense)
     # cpu on purpose: the probes are drawn on the CPU so a seed gives the same trace estimate on any device

@@ -179,3 +179,21 @@ def test_a_pass_over_some_layers_starts_autograd_at_the_lowest_of_them(micro):
     assert [p.requires_grad for p in model.parameters()] == flags
     with pytest.raises(ValueError, match="does not have"):
         run_tape(model, blocks, [GradientSum()], progress=False, only={9})
+
+
+def test_batched_products_fall_back_to_a_loop_only_for_what_vmap_cannot_batch(monkeypatch):
+    mat = torch.randn(5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    fn, vectors = (lambda v: mat @ v), torch.eye(5, dtype=torch.float64)
+    torch.testing.assert_close(curv.batched_products(fn, vectors, chunk=2), vectors @ mat.T)
+
+    def unbatchable(*args, **kwargs):
+        raise RuntimeError("vmap: It looks like you're calling .item() on a Tensor")
+    monkeypatch.setattr(torch.func, "vmap", unbatchable)
+    with pytest.warns(RuntimeWarning, match="one at a time"):
+        torch.testing.assert_close(curv.batched_products(fn, vectors, chunk=2), vectors @ mat.T)
+
+    def broken(*args, **kwargs):                      # any other failure is the caller's to see
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    monkeypatch.setattr(torch.func, "vmap", broken)
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        curv.batched_products(fn, vectors, chunk=2)

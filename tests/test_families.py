@@ -3,12 +3,14 @@ pruning with the weights restored, LoRA ranks through peft) runs on a tiny rando
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
 from layerq_nb.adapt import lora_config, lora_rank_pattern, rank_costs
+from layerq_nb.curvature import batched_products, exact_operator
 from layerq_nb.data import Blocks
 from layerq_nb.models import layers, weight_matrix
 from layerq_nb.pruning import pruned
@@ -127,3 +129,21 @@ def test_fused_expert_tensors_are_refused():
     model.layers = torch.nn.ModuleList([Experts(), Experts()])
     with pytest.raises(ValueError, match="fused expert tensors.*gate_up_proj"):
         layers(model)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exact_block_products_batch_on_every_family(family):
+    """The exact block's dense build maps Gauss-Newton-vector products over its columns with torch.func.vmap:
+    on every family the batch equals the products one at a time, with no fallback to a loop."""
+    if not _available(family):
+        pytest.skip(f"this transformers has no {FAMILIES[family][1]}")
+    model = _tiny(family)
+    model.set_attn_implementation("eager")           # forward-mode products need eager attention
+    op = exact_operator(model, _blocks(1, 8), 0, max_dense=0, hutchinson_probes=1)
+    dim = sum(m.weight.numel() for m in layers(model)[0].linears.values())
+    vectors = torch.randn(4, dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the loop fallback warns: it must not be needed
+        batched = batched_products(op.gvp, vectors, chunk=3)
+    one_by_one = torch.stack([op.gvp(v) for v in vectors])
+    torch.testing.assert_close(batched, one_by_one, rtol=1e-5, atol=1e-7 * float(one_by_one.abs().max()))
