@@ -146,19 +146,21 @@ def lab_command(folder: str | os.PathLike, extra: Sequence[str] = ()) -> list[st
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    import shutil
     import subprocess
     from pathlib import Path
 
-    from .tutorials import tutorials_folder
-    source = tutorials_folder()
-    folder = source
-    if source.name == "_notebooks":       # inside site-packages: work on a copy
+    from .lab import tutorials as learner
+    from .tutorials import tutorials, tutorials_folder
+    folder = tutorials_folder()
+    if folder.name == "_notebooks":       # inside site-packages: the learner works on copies
+        # made where the launcher's "open" looks (<dir>/layerq-tutorials), so that it reuses them
+        # instead of making a second set; a copy that exists holds the learner's work and is kept
         folder = Path(args.dir).resolve()
-        for notebook in source.glob("*.ipynb"):
-            if not (folder / notebook.name).exists():
-                folder.mkdir(parents=True, exist_ok=True)
-                shutil.copy(notebook, folder / notebook.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        made = [learner.open_copy(number, root=folder) for number in tutorials()]
+        learner.syllabus_copy(root=folder)
+        print(f"tutorials in {folder / learner.DEFAULT_FOLDER} ({sum(c.created for c in made)} copied, "
+              f"{sum(not c.created for c in made)} kept)")
     command = lab_command(folder, args.jupyter_args)
     print(" ".join(command))
     if args.dry_run:
@@ -804,7 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lab = sub.add_parser("lab", parents=[debug], help="start JupyterLab on the tutorials (copies them first when installed from a wheel)",
                          description="Other options (e.g. --no-browser, --port 9999) are passed on to jupyter lab.")
-    lab.add_argument("--dir", default="layerq_tutorials", help="where to copy the tutorials to (wheel installs)")
+    lab.add_argument("--dir", default="layerq_tutorials", help="JupyterLab's root for wheel installs; "
+                     "the tutorials are copied into its layerq-tutorials/, where the launcher opens them")
     lab.add_argument("--dry-run", action="store_true", help="print the command instead of starting JupyterLab")
     lab.set_defaults(func=cmd_lab)
 

@@ -112,3 +112,25 @@ def test_layerq_lab_command(capsys):
     assert main(["lab", "--dry-run", "--no-browser"]) == 0
     out = capsys.readouterr().out
     assert "jupyter lab" in out and f"--ServerApp.root_dir={NOTEBOOKS[0].parent}" in out and "--no-browser" in out
+
+
+def test_layerq_lab_from_a_wheel_makes_one_set_of_copies_where_the_launcher_reuses_them(tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import layerq_nb.tutorials as shipped
+    from layerq_nb.cli import main
+    from layerq_nb.lab import tutorials as learner
+    wheel = tmp_path / "site-packages" / "layerq_nb" / "_notebooks"      # how a wheel install lays them out
+    shutil.copytree(NOTEBOOKS[0].parent, wheel, ignore=shutil.ignore_patterns("layerq-tutorials", ".*"))
+    monkeypatch.setattr(shipped, "tutorials_folder", lambda: wheel)
+    work = tmp_path / "work"
+    assert main(["lab", "--dry-run", "--dir", str(work)]) == 0
+    assert f"--ServerApp.root_dir={work}" in capsys.readouterr().out
+    assert [p.name for p in work.iterdir()] == ["layerq-tutorials"]          # no second set at the root
+    copies = sorted(p.name for p in (work / "layerq-tutorials").glob("*.ipynb"))
+    assert copies == [p.name for p in NOTEBOOKS]
+    mine = work / "layerq-tutorials" / NOTEBOOKS[3].name
+    mine.write_text(mine.read_text().replace("Layer", "My layer", 1))
+    assert main(["lab", "--dry-run", "--dir", str(work)]) == 0               # a second start keeps the work
+    assert "8 kept" in capsys.readouterr().out and "My layer" in mine.read_text()
+    assert learner.open_copy(NOTEBOOKS[3].name[:2], root=work).created is False   # the launcher reuses it
