@@ -67,3 +67,30 @@ def test_zeta2_matches_the_float64_path_on_every_layer(tiny, monkeypatch, curvat
     exact = score(model, blocks, curvature=curvature, progress=False)
     rel = np.abs(fast.values - exact.values) / np.abs(exact.values)
     assert len(rel) == 3 and np.all(rel <= 1e-3), rel
+
+
+@pytest.mark.parametrize("curvature", ["kfac", "ekfac"])
+def test_decompositions_split_over_threads_give_the_same_scores_and_restore_the_thread_count(
+        tiny, monkeypatch, curvature):
+    import threading
+    model, tok = tiny
+    blocks = load_task("prose", tok, split="train", n_blocks=4, block_size=32)
+    monkeypatch.setattr(curv, "_eigen_workers", lambda factors: 1)
+    one_by_one = score(model, blocks, curvature=curvature, progress=False)
+    seen, real = [], curv.symmetric_eigen
+    monkeypatch.setattr(curv, "symmetric_eigen", lambda m, *a, **k: (
+        seen.append((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+        or real(m, *a, **k)))
+    monkeypatch.setattr(curv, "_eigen_workers", lambda factors: 2)
+    threads = torch.get_num_threads()
+    split = score(model, blocks, curvature=curvature, progress=False)
+    assert seen and {on_main for on_main, _ in seen} == {False} and {n for _, n in seen} == {1}
+    assert torch.get_num_threads() == threads
+    np.testing.assert_allclose(split.values, one_by_one.values, rtol=1e-5)
+
+    def broken(m, *a, **k):
+        raise torch.linalg.LinAlgError("stand-in failure")
+    monkeypatch.setattr(curv, "symmetric_eigen", broken)
+    with pytest.raises(torch.linalg.LinAlgError, match="stand-in"):
+        score(model, blocks, curvature=curvature, progress=False)
+    assert torch.get_num_threads() == threads
