@@ -412,7 +412,7 @@ def finetune(model: nn.Module, train: Blocks, validation: Blocks, *, steps: int 
             try:
                 for _ in tqdm(range(steps), desc="fine-tuning", unit="step", disable=not progress, leave=False):
                     idx = torch.randint(len(train), (min(batch_size, len(train)),), generator=gen).tolist()  # cpu on purpose: indices
-                    batch = {k: v.to(device) for k, v in next(train.subset(idx).batches(len(idx))).items()}
+                    batch = next(train.subset(idx).batches(len(idx), device=device))
                     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=half is not None):
                         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                     targets = batch["labels"][:, 1:]

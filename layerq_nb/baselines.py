@@ -48,8 +48,7 @@ def _run(model, blocks: Blocks, batch_size: int, on_batch=None):
     """The model over `blocks` without gradients; on_batch(token mask) runs before each batch."""
     device = next(model.parameters()).device
     with torch.no_grad():
-        for batch in blocks.batches(batch_size):
-            batch = {k: v.to(device) for k, v in batch.items()}
+        for batch in blocks.batches(batch_size, device=device):
             if on_batch:
                 on_batch(batch["attention_mask"].reshape(-1).bool())
             model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)

@@ -70,12 +70,14 @@ class Blocks:
         index = torch.as_tensor(index, dtype=torch.long)   # cpu on purpose: blocks live on the CPU, batches move
         return Blocks(self.input_ids[index], self.labels[index], self.attention_mask[index], self.task, self.split)
 
-    def batches(self, batch_size: int) -> Iterator[dict]:
-        """Dicts of (B, T) tensors that `model(**batch)` accepts."""
+    def batches(self, batch_size: int, *, device: str | torch.device | None = None) -> Iterator[dict]:
+        """Dicts of (B, T) tensors that `model(**batch)` accepts, moved to `device` when given (the blocks
+        stay on the CPU; pass `device=model.device` where the model may live on a GPU)."""
         batch_size = check_batch_size(batch_size)
         for start in range(0, len(self), batch_size):
             sl = slice(start, start + batch_size)
-            yield {"input_ids": self.input_ids[sl], "labels": self.labels[sl], "attention_mask": self.attention_mask[sl]}
+            batch = {"input_ids": self.input_ids[sl], "labels": self.labels[sl], "attention_mask": self.attention_mask[sl]}
+            yield batch if device is None else {k: v.to(device) for k, v in batch.items()}
 
 
 # ----------------------------------------------------------------------------- documents

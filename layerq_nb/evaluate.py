@@ -59,8 +59,7 @@ def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int | None = N
     device = next(model.parameters()).device
     total, count = 0.0, 0
     bar = tqdm(total=len(blocks), desc=f"eval {blocks.task}", unit="block", disable=not progress, leave=False)
-    for batch in blocks.batches(batch_size):
-        batch = {k: v.to(device) for k, v in batch.items()}
+    for batch in blocks.batches(batch_size, device=device):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         targets = batch["labels"][:, 1:]                    # position t predicts token t+1
         total += float(token_nll(logits[:, :-1], targets, reduction="sum"))

@@ -308,8 +308,7 @@ def run_tape(model: torch.nn.Module, blocks: Blocks, reducers: Sequence[Reducer]
     total = 0.0
     bar = tqdm(total=len(blocks), desc=desc, unit="block", disable=not progress, leave=False)
     with _hooks(model, on_pair, only):
-        for start, batch in zip(range(0, len(blocks), batch_size), blocks.batches(batch_size)):
-            batch = {k: v.to(device) for k, v in batch.items()}
+        for start, batch in zip(range(0, len(blocks), batch_size), blocks.batches(batch_size, device=device)):
             mask = batch["attention_mask"].reshape(-1).bool()
             valid["inputs"] = {}
             if mask.all():   # packed blocks have no padding: a view, no copy

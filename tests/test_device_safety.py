@@ -102,3 +102,67 @@ def test_a_module_marker_covers_the_whole_module_only_on_its_own_line():
     assert unsafe_factory_calls("# cpu on purpose (module): hidden instances are small CPU data\n" + body) == []
     assert unsafe_factory_calls('"""mentions # cpu on purpose (module): in a docstring"""\n' + body) == \
         ["<source>:3: torch.zeros(...) names no device"]
+
+
+# ----------------------------------------------------------------------------- the tutorials' own model calls
+
+BLOCK_TENSORS = frozenset({"input_ids", "attention_mask", "labels"})
+
+
+def _moves_to_a_device(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "to"
+               for n in ast.walk(node))
+
+
+def cpu_batches_fed_to_the_model(source: str, where: str) -> list[str]:
+    """Where a tutorial (or a shipped solution) would hand the model CPU tensors: `Blocks.batches(...)`
+    without `device=`, or `model(...)` given a Blocks tensor (`x.input_ids[...]`) that is never `.to(...)`'d.
+    The blocks live on the CPU, so either fails on the first GPU run ("Expected all tensors to be on the
+    same device"), which the CPU suite cannot see. It reads the direct forms only: a Blocks tensor passed
+    through a variable of its own is left to review (notebook 01 moves its two with `.to(model.device)`)."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    found = []
+    for node in ast.walk(ast.parse(code)):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr == "batches" and not any(k.arg == "device" for k in node.keywords):
+            found.append(f"{where}:{node.lineno}: .batches(...) without device=")
+        if isinstance(f, ast.Name) and f.id == "model":
+            for arg in [*node.args, *(k.value for k in node.keywords)]:
+                tensors = [n for n in ast.walk(arg) if isinstance(n, ast.Attribute) and n.attr in BLOCK_TENSORS]
+                if tensors and not _moves_to_a_device(arg):
+                    found.append(f"{where}:{node.lineno}: model(...) gets a CPU Blocks tensor")
+                    break
+    return found
+
+
+def _tutorial_sources():
+    import json
+
+    from layerq_nb.exercises.solutions import nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb07
+    root = PACKAGE.parent / "notebooks"
+    for path in sorted(root.glob("[0-9][0-9]_*.ipynb")):
+        for i, cell in enumerate(json.loads(path.read_text())["cells"]):
+            if cell["cell_type"] == "code":
+                yield f"{path.name} cell {i}", "".join(cell["source"])
+    for module in (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb07):
+        for key, text in module.SOLUTIONS.items():
+            yield f"solution {key}", text
+
+
+def test_no_tutorial_hands_the_model_cpu_batches():
+    sources = list(_tutorial_sources())
+    assert len(sources) > 100
+    found = [problem for where, text in sources for problem in cpu_batches_fed_to_the_model(text, where)]
+    assert not found, "\n".join(found)
+
+
+def test_the_batch_check_bites_and_lets_moved_tensors_through():
+    bad = ("for batch in blocks.batches(4):\n    model(**batch)\n"
+           "loss = model(input_ids=train.input_ids[i:i + 1], labels=train.labels[i:i + 1]).loss\n")
+    assert [p.split(": ", 1)[1] for p in cpu_batches_fed_to_the_model(bad, "x")] == [
+        ".batches(...) without device=", "model(...) gets a CPU Blocks tensor"]
+    good = ("%time x = 1\nfor batch in blocks.batches(4, device=model.device):\n    model(**batch)\n"
+            "loss = model(input_ids=train.input_ids[:1].to(model.device)).loss\n")
+    assert cpu_batches_fed_to_the_model(good, "x") == []

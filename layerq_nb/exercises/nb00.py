@@ -154,10 +154,11 @@ def _next_token_nll(next_token_nll, model=None, blocks=None) -> str:
                   blocks.task, blocks.split)
     if real.n_targets == 0:
         real = blocks.subset(list(range(rows)))
+    batch = next(real.batches(len(real), device=next(model.parameters()).device))
     with torch.no_grad():
-        logits = model(input_ids=real.input_ids, attention_mask=real.attention_mask).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     where = f"the real model on {len(real)} {real.task} {real.split} blocks"
-    mine = math.exp(_scalar(call(next_token_nll, logits, real.labels.clone(), where=where), where))
+    mine = math.exp(_scalar(call(next_token_nll, logits, batch["labels"].clone(), where=where), where))
     expected = perplexity(model, real, progress=False)
     close(mine, expected, where=where, rtol=1e-4, what="perplexity exp(mean NLL)")
     return (f"on {len(real)} real {real.task} blocks of {real.block_size} tokens ({real.n_targets} targets) exp(your NLL) = {mine:.4f} "

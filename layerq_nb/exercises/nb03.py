@@ -69,8 +69,9 @@ def _why_factor(got, expected, damping: float, n_val: int) -> str:
 
 @exercise("03.1", title="LayerIF of one layer with the identity curvature, from per-example gradients",
           answer="influence_identity",
-          hints=("For one block, model(input_ids=..., attention_mask=..., labels=...).loss is its mean next-token "
-                 "loss; after .backward(), every linear map of lq.layers(model)[k].linears holds its .weight.grad.",
+          hints=("For block j, batch = next(blocks.subset([j]).batches(1, device=model.device)); model(**batch).loss is "
+                 "its mean next-token loss, and after .backward() every linear map of lq.layers(model)[k].linears "
+                 "holds its .weight.grad.",
                  "Flatten and concatenate those weight gradients into one vector per block (zero the gradients "
                  "between blocks). Sum the vectors of the validation blocks: that is g_V.",
                  "With H = lambda I the inverse curvature is 1 / lambda: I_k(z_i) = -(g_V . g_i) / lambda, one "

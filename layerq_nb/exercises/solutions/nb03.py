@@ -6,9 +6,8 @@ def influence_identity(model, train, validation, k, damping):
 
     def grad_of_block(blocks, j):           # gradient of block j's mean loss on layer k's weights
         model.zero_grad()
-        out = model(input_ids=blocks.input_ids[j:j + 1], attention_mask=blocks.attention_mask[j:j + 1],
-                    labels=blocks.labels[j:j + 1])
-        out.loss.backward()
+        batch = next(blocks.subset([j]).batches(1, device=model.device))   # on the model's device
+        model(**batch).loss.backward()
         return torch.cat([m.weight.grad.double().flatten() for m in layer.linears.values()])
 
     g_val = sum(grad_of_block(validation, j) for j in range(len(validation)))
