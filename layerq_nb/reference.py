@@ -117,14 +117,18 @@ def _derivatives(kind, q, x, beta):
 
 
 def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
-    """Active-set Newton refinement: (x, nu) or None when the solver's active set does not certify.
+    """Active-set Newton refinement: (x, nu) or None when no active set near the solver's certifies.
 
-    Layers within 1e-7 of a bound are fixed there; on the free set F of the others, Newton's method for
+    Layers within 1e-7 of a bound start fixed there; on the free set F of the others, Newton's method for
     min F(x) s.t. w.x = target, whose KKT step with a diagonal Hessian h is
     dual = -(r + w_F.(g/h)) / (w_F.(w_F/h)),  dx = -(g + dual w_F) / h   (r = target - w.x),
-    halving the step to stay in the domain. Accepted if x_F stays inside its bounds and each fixed
-    layer's multiplier g_k + dual w_k has the sign its bound needs (>= 0 at lower, <= 0 at upper).
-    nu = |dual|, the dual level of the budget in `mdl`'s convention.
+    halving the step to stay in the domain. A free layer that Newton carries past a bound is fixed at
+    that bound, and a fixed layer whose multiplier g_k + dual w_k has the wrong sign (< 0 at lower, > 0
+    at upper) is freed, then Newton runs again (a primal active-set method: Nocedal & Wright, "Numerical
+    Optimization", 2nd ed., section 16.5), for at most 2K + 2 rounds: the solver's iterate may stop just
+    off a bound that binds, or on one that does not. Accepted when x_F is inside its bounds, every
+    multiplier has its sign and the budget holds. nu = |dual|, the dual level of the budget in `mdl`'s
+    convention.
     """
     x = np.clip(np.asarray(x, float), lower, upper)
     pos = q > 0
@@ -134,12 +138,36 @@ def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
     near_upper[finite] = x[finite] >= upper[finite] - 1e-7 * np.maximum(1.0, np.abs(upper[finite]))
     if np.any(~pos & ~near_lower & ~near_upper):
         return _polish_flat(kind, q, x, weights, target, lower, upper, beta, ~pos & ~near_lower & ~near_upper)
-    at_lower = near_lower                  # zero-score layers too: left 1e-9 off, they would read as free
+    at_lower = near_lower.copy()           # zero-score layers too: left 1e-9 off, they would read as free
     at_upper = ~at_lower & near_upper
-    x = np.where(at_lower, lower, np.where(at_upper, upper, x))
-    free = pos & ~at_lower & ~at_upper
-    if not free.any():
-        return None
+    for _ in range(2 * q.size + 2):
+        x = np.where(at_lower, lower, np.where(at_upper, upper, x))
+        free = pos & ~at_lower & ~at_upper
+        if not free.any():
+            return None
+        x = _newton_on(kind, q, x, free, weights, target, beta, max_iter)
+        tol_x = 1e-12 * np.maximum(1.0, np.abs(x))
+        below, above = free & (x < lower - tol_x), free & (x > upper + tol_x)
+        if below.any() or above.any():     # Newton crossed a bound: it binds
+            at_lower, at_upper = at_lower | below, at_upper | above
+            continue
+        g_all, _, _ = _derivatives(kind, q, x, beta)
+        w = weights[free]
+        dual = -float(np.mean(g_all[free] / w))     # stationarity on F: g_k + dual w_k = 0 for every free k
+        bound_mult = g_all + dual * weights
+        scale = 1e-8 * float(np.max(np.abs(g_all[pos])))
+        wrong_lower, wrong_upper = at_lower & pos & (bound_mult < -scale), at_upper & pos & (bound_mult > scale)
+        if wrong_lower.any() or wrong_upper.any():   # a bound that pushes the wrong way: let the layer go
+            at_lower, at_upper = at_lower & ~wrong_lower, at_upper & ~wrong_upper
+            continue
+        ok = abs(weights @ x - target) <= 1e-12 * max(1.0, abs(target))
+        return (x, abs(dual)) if ok else None
+    return None
+
+
+def _newton_on(kind, q, x, free, weights, target, beta, max_iter):
+    """Newton's method on the free layers of min F(x) s.t. w.x = target, the others held where they are."""
+    x = x.copy()
     w = weights[free]
     b = beta[free] if beta is not None else None
     for _ in range(max_iter):
@@ -154,15 +182,7 @@ def _polish(kind, q, x, weights, target, lower, upper, beta=None, max_iter=60):
         x[free] = xf + step * dx
         if np.max(np.abs(step * dx)) <= 1e-15 * max(1.0, float(np.max(np.abs(xf)))):
             break
-    g_all, _, _ = _derivatives(kind, q, x, beta)
-    dual = -float(np.mean(g_all[free] / w))     # stationarity on F: g_k + dual w_k = 0 for every free k
-    tol_x = 1e-12 * np.maximum(1.0, np.abs(x))
-    bound_mult = g_all + dual * weights
-    scale = 1e-8 * float(np.max(np.abs(g_all[pos])))
-    ok = (np.all(x[free] >= lower[free] - tol_x[free]) and np.all(x[free] <= upper[free] + tol_x[free])
-          and np.all(bound_mult[at_lower] >= -scale) and np.all(bound_mult[at_upper] <= scale)
-          and abs(weights @ x - target) <= 1e-12 * max(1.0, abs(target)))
-    return (x, abs(dual)) if ok else None
+    return x
 
 
 def _polish_flat(kind, q, x, weights, target, lower, upper, beta, movable):

@@ -90,3 +90,30 @@ def test_options_are_keyword_only():
     for fn in (mdl.allocate, mdl.prune, reference.allocate, reference.prune, mdl.allocate_batch):
         with pytest.raises(TypeError):
             fn([0.5, 0.5], 0.5, 1.0)
+
+
+@pytest.mark.parametrize("penalty", ["log", "quadratic"])
+def test_the_polish_repairs_an_iterate_just_off_a_binding_bound_or_stuck_on_a_loose_one(penalty):
+    # the case hypothesis found in the widget test: Clarabel stopped 2.8e-7 above a lower bound that binds
+    # (beyond the polish's 1e-7 snap), so Newton on the free set crossed it and the polish gave up
+    rng = np.random.default_rng(264)
+    k, S = 38, 0.474609375
+    q, sizes = rng.random(k) ** 3 + 1e-3, rng.integers(100, 5000, k).astype(float)
+    lower, upper = np.full(k, S - 0.05), np.full(k, S + 0.05)
+    exact = mdl.prune(q, S, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
+    p = exact.problem
+    at_lower = np.flatnonzero(np.isclose(exact.x, lower))
+    free = np.flatnonzero((exact.x > lower + 1e-6) & (exact.x < upper - 1e-6))
+    assert at_lower.size and free.size
+    for moved in (+3e-7, None):
+        x = exact.x.copy()
+        if moved is None:                 # a free layer left on its lower bound, where it does not belong
+            x[free[0]] = lower[free[0]]
+        else:                             # a binding layer left just off its bound
+            x[at_lower[0]] += moved
+        x[free] += (p.target - p.weights @ x) / p.weights[free].sum()      # keep the budget
+        kind = "log" if penalty == "log" else "quadratic"
+        polished = reference._polish(kind, p.q, x, p.weights, p.target, p.lower, p.upper)
+        assert polished is not None
+        np.testing.assert_allclose(polished[0], exact.x, rtol=0, atol=1e-12)
+        assert polished[1] == pytest.approx(exact.nu, rel=1e-9)
