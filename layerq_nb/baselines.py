@@ -140,7 +140,7 @@ def heavy_tail_alpha(model) -> LayerScores:
     (singular values in fp32; data-free)."""
     values = []
     for layer in find_layers(model):
-        alphas = [hill_alpha(torch.linalg.svdvals(weight_matrix(m).detach().float()).double().numpy() ** 2)
+        alphas = [hill_alpha(torch.linalg.svdvals(weight_matrix(m).detach().float()).double().cpu().numpy() ** 2)
                   for m in layer.linears.values()]
         values.append(float(np.mean(alphas)))
     return LayerScores(method="alpha_hill", values=np.array(values), names=_names(model), metadata={})

@@ -523,14 +523,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _init_distributed():
-    """Under torchrun (WORLD_SIZE > 1): join the process group, gloo on CPU and NCCL on GPU."""
+def _init_distributed(device: str = "auto"):
+    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL when the processes score on CUDA
+    (`device` auto or cuda, and a GPU present), gloo otherwise: `--device cpu` on a GPU machine stays on
+    gloo, which reduces CPU tensors (NCCL cannot)."""
     import os
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     import torch
     import torch.distributed as dist
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    on_cuda = torch.cuda.is_available() and (device == "auto" or str(device).startswith("cuda"))
+    backend = "nccl" if on_cuda else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
@@ -542,7 +545,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     from .models import load_model
     from .scoring import score
 
-    dist = _init_distributed()
+    dist = _init_distributed(args.device)
     rank = dist.get_rank() if dist else 0
     try:
         device = args.device

@@ -121,6 +121,17 @@ def test_04_2_too_few_steps():
     assert v.status == "wrong" and "expected nu" in v.message
 
 
+def test_04_2_a_loose_stopping_rule_is_named():
+    def loose(spend, budget):               # stops at nu_hi / nu_lo - 1 < 1e-7, not the 1e-12 asked for
+        lo, hi = 1e-12, 1e12
+        while hi / lo - 1 >= 1e-7:
+            mid = math.sqrt(lo * hi)
+            lo, hi = (mid, hi) if spend(mid) > budget else (lo, mid)
+        return math.sqrt(lo * hi)
+    v = verdict("04.2", loose)
+    assert v.status == "wrong" and "1e-12" in v.message
+
+
 def test_04_2_endless_loop_is_stopped():
     v = verdict("04.2", never_stops)
     assert v.status == "wrong" and "does its loop" in v.message

@@ -103,7 +103,20 @@ def test_07_3_blank_and_wrong_answers():
         dist.all_reduce(A)
         return A
     v = ex.check("07.3", every_block)
-    assert v.status == "wrong" and "world_size = 2 times" in v.message
+    assert v.status == "wrong" and "outside its shard" in v.message
+
+    def no_sharing(blocks, rank, world_size):      # every rank sums everything alone: right total, no work shared
+        return sum(b.T @ b for b in blocks)
+    v = ex.check("07.3", no_sharing)
+    assert v.status == "wrong" and "outside its shard" in v.message
+
+    def float32(blocks, rank, world_size):
+        A = torch.zeros(blocks[0].shape[1], blocks[0].shape[1])
+        A += _local(blocks, rank, world_size)
+        dist.all_reduce(A)
+        return A
+    v = ex.check("07.3", float32)
+    assert v.status == "wrong" and "float32" in v.message and "blocks' dtype" in v.message
 
     def mean(blocks, rank, world_size):
         A = _local(blocks, rank, world_size)

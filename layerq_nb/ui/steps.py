@@ -555,9 +555,10 @@ def matrix_mask(weight, method: str, sparsity: float, inputs: LayerInputs | None
         H, w, d = inputs.hessian[module].double(), W.double(), (W - after).double()
         base = float(((w @ H) * w).sum())
         error = float(((d @ H) * d).sum()) / base if base > 0 else float("nan")
-        norm = inputs.input_norm(module).numpy()
-    return MatrixMask(layer=layer, module=module or "", method=method, sparsity=float(sparsity), mask=mask,
-                      weight=after, output_error=error, input_norm=norm)
+        norm = inputs.input_norm(module).cpu().numpy()
+    # on the CPU for the widgets' pixels and plots, wherever the model lives
+    return MatrixMask(layer=layer, module=module or "", method=method, sparsity=float(sparsity), mask=mask.cpu(),
+                      weight=after.cpu(), output_error=error, input_norm=norm)
 
 
 # ----------------------------------------------------------------------------- pruning: perplexity
