@@ -405,3 +405,19 @@ def test_gpt2_conv1d_gradients_and_exact_layout():
     flat = torch.cat([grads[n].reshape(-1) for n in names]).double()
     expected = float(flat @ torch.linalg.solve(ref + 0.1 * torch.eye(ref.shape[0], dtype=torch.float64), flat))
     assert s.values[1] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("device, backend, pinned", [("cpu", "gloo", None), ("auto", "nccl", 1), ("cuda", "nccl", 1)])
+def test_torchrun_picks_nccl_only_when_the_processes_score_on_cuda(monkeypatch, device, backend, pinned):
+    # a GPU machine, faked: `layerq score --device cpu` must stay on gloo (NCCL cannot reduce CPU tensors)
+    import torch.distributed as dist
+
+    from layerq_nb import cli
+    chosen, pinned_to = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", pinned_to.append)
+    monkeypatch.setattr(dist, "init_process_group", chosen.append)
+    assert cli._init_distributed(device) is dist
+    assert chosen == [backend] and pinned_to == ([] if pinned is None else [pinned])
