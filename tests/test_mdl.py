@@ -64,10 +64,11 @@ def test_prune_matches_cvxpy(inst):
         assert ours.nu == pytest.approx(ref.nu, rel=1e-4)
 
 
-def test_reference_polish_certifies_only_the_right_active_set():
-    """The polish keeps the solver's active set: from Clarabel's x it reaches the optimum (to 1e-12, where
-    Clarabel alone is ~1e-6 off); from a point whose active set is wrong (every layer free, where the
-    optimum has layers at their bounds) Newton's answer breaks a bound, and the polish declines."""
+def test_reference_polish_reaches_the_optimum_and_repairs_a_wrong_active_set():
+    """The polish starts from the solver's active set: from Clarabel's x it reaches the optimum (to 1e-12,
+    where Clarabel alone is ~1e-6 off); from a point whose active set is wrong (every layer free, where the
+    optimum has layers at both bounds) Newton breaks a bound, the active-set rounds fix and free layers
+    until every multiplier has its sign, and it lands on the same optimum."""
     q = np.array([0.02, 0.3, 1.0, 0.05, 0.6])
     ours = mdl.allocate(q, budget=12.0, upper=5.0)
     assert ours.active_upper.any() and ours.active_lower.any()
@@ -77,7 +78,10 @@ def test_reference_polish_certifies_only_the_right_active_set():
     assert ref.nu == pytest.approx(ours.nu, rel=1e-12)
     qn, everywhere_free = q / q.sum(), np.full(5, 12.0 / 5)
     ones = np.ones(5)
-    assert reference._polish("allocate", qn, everywhere_free, ones, 12.0, 0 * ones, 5 * ones, beta=ones) is None
+    repaired = reference._polish("allocate", qn, everywhere_free, ones, 12.0, 0 * ones, 5 * ones, beta=ones)
+    assert repaired is not None
+    np.testing.assert_allclose(repaired[0], ours.x, atol=1e-12)
+    assert repaired[1] == pytest.approx(ours.nu, rel=1e-9)                   # mdl normalises q as qn
 
 
 @pytest.mark.parametrize("k", [1, 300, 5000])
