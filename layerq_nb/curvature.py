@@ -585,11 +585,18 @@ class _KFACEigen(KFACFactors):
         return {key: (*done[("A", *self.a_owner[key])], *done[("G", *key)]) for key in keys}
 
 
+# the split was measured on two cores; with more threads one decomposition at a time keeps all of them,
+# and a many-core machine never holds dozens of LAPACK workspaces (each a few times a factor) at once
+MAX_EIGEN_WORKERS = 4
+
+
 def _eigen_workers(factors: KFACFactors) -> int:
-    """One decomposition per CPU thread (`_KFACEigen.eigen_all`); a GPU's solver takes them one by one."""
+    """One decomposition per CPU thread on a CPU of 2-4 threads (`_KFACEigen.eigen_all`); otherwise, and
+    on a GPU, whose solver takes them one by one, a single worker."""
     tensors = [*factors.state.values(), *(x for rows in factors.rows.values() for x in rows)]
     on_cpu = all(t.device.type == "cpu" for t in tensors)
-    return torch.get_num_threads() if on_cpu else 1
+    threads = torch.get_num_threads()
+    return threads if on_cpu and threads <= MAX_EIGEN_WORKERS else 1
 
 
 def _statistics(passes: Passes, options: CurvatureOptions, reducer: Reducer, desc: str, gradients: bool):

@@ -94,3 +94,12 @@ def test_decompositions_split_over_threads_give_the_same_scores_and_restore_the_
     with pytest.raises(torch.linalg.LinAlgError, match="stand-in"):
         score(model, blocks, curvature=curvature, progress=False)
     assert torch.get_num_threads() == threads
+
+
+def test_decompositions_split_only_over_a_few_cpu_threads(monkeypatch):
+    from layerq_nb.tape import KFACFactors
+    factors = KFACFactors()
+    factors.state[("A", 0, "q")] = torch.eye(3)
+    for threads, workers in ((1, 1), (2, 2), (4, 4), (16, 1)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda threads=threads: threads)
+        assert curv._eigen_workers(factors) == workers
