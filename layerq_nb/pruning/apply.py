@@ -53,12 +53,11 @@ def forward_until_stopped(model, blocks: Blocks, batch_size: int,
     layers after it are never computed). `before_batch(batch)` runs first, e.g. to note its token mask."""
     device = next(model.parameters()).device
     with torch.no_grad():
-        for batch in blocks.batches(batch_size):
+        for batch in blocks.batches(batch_size, device=device):
             if before_batch is not None:
                 before_batch(batch)
             try:
-                model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                      use_cache=False)
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
             except StopForward:
                 pass
 
@@ -118,8 +117,8 @@ def _apply(model, blocks, per_layer, method, n_m, batch_size, progress) -> np.nd
     calls, masks = [], []
     if method != "magnitude":
         calls = _layer_inputs(model, blocks, batch_size)
-        masks = [b["attention_mask"].reshape(-1).bool().to(next(model.parameters()).device)
-                 for b in blocks.batches(batch_size)]
+        masks = [b["attention_mask"].reshape(-1).bool()
+                 for b in blocks.batches(batch_size, device=next(model.parameters()).device)]
     achieved = np.zeros(len(found))
     for layer in tqdm(found, desc=f"pruning ({method})", unit="layer", disable=not progress, leave=False):
         s = float(per_layer[layer.index])
