@@ -114,27 +114,46 @@ def _moves_to_a_device(node: ast.AST) -> bool:
                for n in ast.walk(node))
 
 
-def cpu_batches_fed_to_the_model(source: str, where: str) -> list[str]:
-    """Where a tutorial (or a shipped solution) would hand the model CPU tensors: `Blocks.batches(...)`
-    without `device=`, or `model(...)` given a Blocks tensor (`x.input_ids[...]`) that is never `.to(...)`'d.
-    The blocks live on the CPU, so either fails on the first GPU run ("Expected all tensors to be on the
-    same device"), which the CPU suite cannot see. It reads the direct forms only: a Blocks tensor passed
-    through a variable of its own is left to review (notebook 01 moves its two with `.to(model.device)`)."""
-    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
-    found = []
-    for node in ast.walk(ast.parse(code)):
-        if not isinstance(node, ast.Call):
-            continue
+class _BatchReader(ast.NodeVisitor):
+    """Walks statements in source order, remembering which names hold a CPU Blocks tensor (assigned from
+    `x.input_ids[...]` and the like, or from another such name, without a `.to(...)`)."""
+
+    def __init__(self, where: str, tainted: set[str]):
+        self.where, self.tainted, self.found = where, tainted, []
+
+    def _cpu_block_tensor(self, node: ast.AST) -> bool:
+        uses = any((isinstance(n, ast.Attribute) and n.attr in BLOCK_TENSORS)
+                   or (isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in self.tainted)
+                   for n in ast.walk(node))
+        return uses and not _moves_to_a_device(node)
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.visit(node.value)
+        holds = self._cpu_block_tensor(node.value)
+        for target in node.targets:
+            for name in (n.id for n in ast.walk(target) if isinstance(n, ast.Name)):
+                (self.tainted.add if holds else self.tainted.discard)(name)
+
+    def visit_Call(self, node: ast.Call) -> None:
         f = node.func
         if isinstance(f, ast.Attribute) and f.attr == "batches" and not any(k.arg == "device" for k in node.keywords):
-            found.append(f"{where}:{node.lineno}: .batches(...) without device=")
+            self.found.append(f"{self.where}:{node.lineno}: .batches(...) without device=")
         if isinstance(f, ast.Name) and f.id == "model":
-            for arg in [*node.args, *(k.value for k in node.keywords)]:
-                tensors = [n for n in ast.walk(arg) if isinstance(n, ast.Attribute) and n.attr in BLOCK_TENSORS]
-                if tensors and not _moves_to_a_device(arg):
-                    found.append(f"{where}:{node.lineno}: model(...) gets a CPU Blocks tensor")
-                    break
-    return found
+            if any(self._cpu_block_tensor(arg) for arg in [*node.args, *(k.value for k in node.keywords)]):
+                self.found.append(f"{self.where}:{node.lineno}: model(...) gets a CPU Blocks tensor")
+        self.generic_visit(node)
+
+
+def cpu_batches_fed_to_the_model(source: str, where: str, tainted: set[str] | None = None) -> list[str]:
+    """Where a tutorial (or a shipped solution) would hand the model CPU tensors: `Blocks.batches(...)`
+    without `device=`, or `model(...)` given a Blocks tensor (`x.input_ids[...]`, directly or through a
+    name assigned from one) that is never `.to(...)`'d. The blocks live on the CPU, so either fails on the
+    first GPU run ("Expected all tensors to be on the same device"), which the CPU suite cannot see.
+    `tainted` carries the names that hold such a tensor from one cell of a notebook to the next."""
+    code = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in source.splitlines())
+    reader = _BatchReader(where, set() if tainted is None else tainted)
+    reader.visit(ast.parse(code))
+    return reader.found
 
 
 def _tutorial_sources():
@@ -145,16 +164,18 @@ def _tutorial_sources():
     for path in sorted(root.glob("[0-9][0-9]_*.ipynb")):
         for i, cell in enumerate(json.loads(path.read_text())["cells"]):
             if cell["cell_type"] == "code":
-                yield f"{path.name} cell {i}", "".join(cell["source"])
+                yield path.name, f"{path.name} cell {i}", "".join(cell["source"])
     for module in (nb00, nb01, nb02, nb03, nb04, nb05, nb06, nb07):
         for key, text in module.SOLUTIONS.items():
-            yield f"solution {key}", text
+            yield f"solution {key}", f"solution {key}", text
 
 
 def test_no_tutorial_hands_the_model_cpu_batches():
     sources = list(_tutorial_sources())
     assert len(sources) > 100
-    found = [problem for where, text in sources for problem in cpu_batches_fed_to_the_model(text, where)]
+    tainted: dict[str, set] = {}          # per notebook, in cell order: a name set in one cell is used later
+    found = [problem for unit, where, text in sources
+             for problem in cpu_batches_fed_to_the_model(text, where, tainted.setdefault(unit, set()))]
     assert not found, "\n".join(found)
 
 
@@ -166,3 +187,11 @@ def test_the_batch_check_bites_and_lets_moved_tensors_through():
     good = ("%time x = 1\nfor batch in blocks.batches(4, device=model.device):\n    model(**batch)\n"
             "loss = model(input_ids=train.input_ids[:1].to(model.device)).loss\n")
     assert cpu_batches_fed_to_the_model(good, "x") == []
+
+
+def test_the_batch_check_follows_a_blocks_tensor_through_names_and_cells():
+    tainted: set = set()
+    first = "ids = train.input_ids[:2]\nsame = ids\nmoved = ids.to(model.device)\n"
+    assert cpu_batches_fed_to_the_model(first, "cell 1", tainted) == []
+    later = "model(input_ids=same)\nmodel(moved)\nsame = moved\nmodel(same)\n"
+    assert cpu_batches_fed_to_the_model(later, "cell 2", tainted) == ["cell 2:1: model(...) gets a CPU Blocks tensor"]
