@@ -164,6 +164,15 @@ def test_00_3_wrong_answers(wrong, fragment):
     assert v.status == "wrong" and fragment in v.message, v.message
 
 
+def test_00_3_none_for_bad_gains_is_wrong():
+    def prints_and_returns_none(g):
+        if not np.all(np.isfinite(g)) or np.any(g < 0) or g.sum() <= 0:
+            return None
+        return g / g.sum()
+    v = ex.check("00.3", prints_and_returns_none)
+    assert v.status == "wrong" and "should raise ValueError; your function returned None" in v.message
+
+
 def test_00_3_raising_answer_is_contained():
     v = ex.check("00.3", lambda g: g / g.total())
     assert v.status == "wrong" and "raised AttributeError" in v.message

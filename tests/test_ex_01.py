@@ -102,6 +102,36 @@ def test_01_1_wrong_answer_on_the_model_leaves_it_clean(tiny, prose):
     assert no_hooks_left(model) and all(p.grad is None for p in model.parameters())
 
 
+def test_01_1_keeps_the_learners_own_grads_and_accepts_a_float32_sum(tiny, prose):
+    model, _ = tiny
+    (fn,) = ex.run_solution("01.1", namespace(model=model, blocks=prose))
+    first = next(model.parameters())
+    first.grad = torch.full_like(first, 7.0)             # from the learner's own experiment
+    try:
+        assert ex.check("01.1", fn, model=model, blocks=prose)
+        assert first.grad is not None and bool((first.grad == 7.0).all())
+    finally:
+        first.grad = None
+
+    def float32_loop(module, loss_fn):                  # a float32 accumulator, token by token
+        saved = {}
+
+        def keep(mod, inputs, output):
+            saved["a"] = inputs[0]
+            output.register_hook(lambda grad: saved.__setitem__("b", grad))
+        handle = module.register_forward_hook(keep)
+        try:
+            loss_fn().backward()
+        finally:
+            handle.remove()
+        a, b = saved["a"].reshape(-1, module.in_features), saved["b"].reshape(-1, module.out_features)
+        g = torch.zeros(module.out_features, module.in_features)
+        for t in range(a.shape[0]):
+            g += torch.outer(b[t], a[t]).float()
+        return g
+    assert ex.check("01.1", float32_loop)
+
+
 def test_01_1_raising_answer_is_contained():
     def returns_a_tuple_from_the_hook(module, loss_fn):
         saved = {}
@@ -159,6 +189,38 @@ def test_01_2_wrong_answers(wrong, fragment):
     assert v.status == "wrong" and fragment in v.message and "expected" in v.message, v.message
 
 
+def squares_in_place(grads, n_layers):        # would leave the notebook's gradients squared
+    out = np.zeros(n_layers)
+    for (layer, _), g in grads.items():
+        g **= 2
+        out[layer] += float(g.double().sum())
+    return out
+
+
+def sized_from_the_keys(grads, n_layers):      # ignores n_layers: short when the last layer has no entry
+    out = np.zeros(max(layer for layer, _ in grads) + 1)
+    for (layer, _), g in grads.items():
+        out[layer] += float((g.double() ** 2).sum())
+    return out
+
+
+def as_a_list(grads, n_layers):
+    out = [0.0] * n_layers
+    for (layer, _), g in grads.items():
+        out[layer] += float((g.double() ** 2).sum())
+    return out
+
+
+@pytest.mark.parametrize("wrong, fragment", [
+    (squares_in_place, "changed its input `grads` in place"),
+    (sized_from_the_keys, "hidden instance 6"),
+    (as_a_list, "return a NumPy array"),
+])
+def test_01_2_answers_that_pass_the_numbers_but_break_the_notebook(wrong, fragment):
+    v = ex.check("01.2", wrong)
+    assert v.status == "wrong" and fragment in v.message, v.message
+
+
 def test_01_2_raising_answer_is_contained():
     v = ex.check("01.2", lambda grads, n: np.array([g.norm() for g in grads]))
     assert v.status == "wrong" and "raised AttributeError" in v.message
@@ -178,3 +240,6 @@ def test_01_3_solution_blank_and_wrong(tiny, prose):
     assert v.status == "wrong" and "another layer holds more" in v.message
     assert ex.check("01.3", 99, iso=iso).status == "wrong"
     assert ex.check("01.3", "top", iso=iso).status == "wrong"
+    assert ex.check("01.3", str(k), iso=iso).status == "wrong"                 # a string is no index
+    v = ex.check("01.3", float(np.max(iso.layer_norm2)) + 0.5, iso=iso)       # the value, not its index
+    assert v.status == "wrong" and "np.argmax" in v.message

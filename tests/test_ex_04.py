@@ -59,6 +59,15 @@ def test_04_1_wrong_answers(wrong, fragment):
     assert v.status == "wrong" and fragment in v.message and "expected" in v.message
 
 
+def test_04_1_an_answer_that_overwrites_the_scores_is_wrong():
+    def in_place(nu, q, c, beta, lower, upper):     # would corrupt the notebook's q on every spend() call
+        q /= nu * c
+        q -= beta
+        return np.clip(q, lower, upper)
+    v = verdict("04.1", in_place)
+    assert v.status == "wrong" and "changed its input `q` in place" in v.message
+
+
 def test_04_1_raising_answer_is_contained():
     v = verdict("04.1", lambda nu, q, c, beta, lower, upper: q / nu / c[5])
     assert v.status == "wrong" and "raised IndexError" in v.message
@@ -170,7 +179,7 @@ def test_04_3_a_different_but_equivalent_formulation_passes():
 
 def test_04_3_forgot_beta():
     v = verdict("04.3", cvx(lambda r, q, beta: q @ cp.log1p(r), all_bounds))
-    assert v.status == "wrong" and "below the optimum" in v.message
+    assert v.status == "wrong" and "below the optimum" in v.message and "the 1 + and the scale" in v.message
 
 
 def test_04_3_forgot_the_scores():
@@ -182,6 +191,23 @@ def test_04_3_forgot_the_bounds():
     v = verdict("04.3", cvx(lambda r, q, beta: q @ cp.log1p(r / beta),
                             lambda r, budget, cost, lower, upper: [cost @ r == budget]))
     assert v.status == "wrong" and ("lower bound" in v.message or "upper bound" in v.message)
+
+
+def test_04_3_none_from_an_unsolved_problem_names_solve():
+    def forgot_solve(q, budget, cost, beta, lower, upper):
+        r = cp.Variable(len(q))
+        cp.Problem(cp.Maximize(q @ cp.log1p(r / beta)), all_bounds(r, budget, cost, lower, upper))
+        return r.value
+    v = verdict("04.3", forgot_solve)
+    assert v.status == "unanswered" and "problem.solve()" in v.message
+    solved = cvx(lambda r, q, beta: q @ cp.log1p(r / beta), all_bounds)
+    calls = []
+
+    def none_later(*args):                          # e.g. infeasible on a later instance
+        calls.append(1)
+        return solved(*args) if len(calls) == 1 else None
+    v = verdict("04.3", none_later)
+    assert v.status == "wrong" and "instance 2" in v.message and "problem.status" in v.message
 
 
 def test_04_3_not_dcp_is_contained():

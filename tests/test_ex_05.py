@@ -62,6 +62,9 @@ def test_most_pruned_layer():
     _wrong("05.1", int(np.argmin(Q_SMALL)), fragment="another layer further", **context)   # smallest q, not q / n
     _wrong("05.1", 7, fragment="does not exist", **context)
     _wrong("05.1", "two", fragment="layer index", **context)
+    _wrong("05.1", "2", fragment="whole number", **context)             # int() would parse it
+    _wrong("05.1", 2.7, fragment="whole number", **context)             # int() would truncate it
+    _wrong("05.1", float("inf"), fragment="whole number", **context)    # int() would overflow
     assert ex.check("05.1", None, **context).status == "unanswered"
 
 
@@ -105,6 +108,18 @@ def test_prune_map(tiny):
     _wrong("05.3", lambda q, S, n, lo, hi: 1 / 0, fragment="ZeroDivisionError")
     assert ex.check("05.3", None).status == "unanswered"
 
+    def fixed_bracket(q, S, n, lower, upper):     # never widens [0, 1]: right wherever nu* < 1
+        lo, hi = 0.0, 1.0
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if n @ sparsity_at(mid, q, n, lower, upper) < S * n.sum() else (lo, mid)
+        return sparsity_at(hi, q, n, lower, upper)
+    _wrong("05.3", fixed_bracket, fragment="hidden instance 5")
+    _wrong("05.3", lambda q, S, n, lo, hi: (np.full(len(q), S), 1.0), fragment="an array of K numbers")
+    _wrong("05.3", lambda q, S, n, lo, hi: lq.prune(q, S, sizes=n, lower=lo, upper=hi), fragment="got a Solution")
+    # float32 is precise enough for a sparsity map: its rounding at a bound is no clipping mistake
+    assert ex.check("05.3", lambda q, S, n, lo, hi: fn(q, S, n, lo, hi).astype(np.float32))
+
 
 def _bisect(mean_of, target, s_of):
     lo, hi = 0.0, 1.0
@@ -126,6 +141,13 @@ def test_magnitude():
     _wrong("05.4", lambda W, s: _mask_from(W.abs(), int(s * W.shape[1])), fragment="prunes")                      # per row
     _wrong("05.4", lambda W, s: fn(W, s).float(), fragment="boolean mask")
     _wrong("05.4", lambda W, s: fn(W, s).T, fragment="transposed")
+    _wrong("05.4", lambda W, s: (fn(W, s), 0), fragment="one boolean mask")
+
+    def prunes_in_place(W, s):                    # notebook 05 passes the real model's weight
+        mask = fn(W, s)
+        W[mask] = 0.0
+        return mask
+    _wrong("05.4", prunes_in_place, fragment="changed its input `W` in place")
     assert ex.check("05.4", lambda W, s: None).status == "unanswered"
 
 

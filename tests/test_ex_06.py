@@ -50,6 +50,10 @@ def test_06_1_solution_blank_and_wrong(scores):
     assert v.status == "wrong" and "not its square" in v.message
     assert ex.check("06.1", "0.05", q_source=raw_s, q_target=raw_t).status == "wrong"
     assert ex.check("06.1", [1, 2], q_source=raw_s, q_target=raw_t).status == "wrong"
+    v = ex.check("06.1", 1.5 * delta, q_source=raw_s, q_target=raw_t)     # a number exercise hides the number
+    assert v.status == "wrong" and f"{delta:.6g}" not in v.message and f"{delta:.4g}" not in v.message
+    with pytest.raises(TypeError, match="q_source=..., q_target="):
+        ex.check("06.1", delta)
 
 
 # ----------------------------------------------------------------------------- 06.2
@@ -68,6 +72,9 @@ def _regret_variant(kind):
             return _F(q_s, x_S, beta) - _F(q_s, x_T, beta)
         if kind == "log":                                   # log(x / beta) instead of log(1 + x / beta)
             return float(np.sum(q_t * np.log((x_T + 1e-9) / beta)) - np.sum(q_t * np.log((x_S + 1e-9) / beta)))
+        if kind == "float32":                               # right formula, float32 arithmetic
+            q32, xs, xt = q_t.astype(np.float32), x_S.astype(np.float32), x_T.astype(np.float32)
+            return float(np.sum(q32 * np.log1p(xt / np.float32(beta))) - np.sum(q32 * np.log1p(xs / np.float32(beta))))
         if kind == "raises":
             raise ValueError("shapes do not match")
         raise AssertionError(kind)
@@ -97,6 +104,8 @@ def test_06_2_blank_and_wrong_answers():
     assert v.status == "wrong" and "source objective" in v.message
     v = ex.check("06.2", _regret_variant("log"))
     assert v.status == "wrong" and "expected regret" in v.message
+    v = ex.check("06.2", _regret_variant("float32"))
+    assert v.status == "wrong" and "float32 precision" in v.message
     v = ex.check("06.2", _regret_variant("raises"))
     assert v.status == "wrong" and "raised ValueError" in v.message
     v = ex.check("06.2", lambda *a, **k: np.zeros(3))
@@ -114,6 +123,8 @@ def _curve_variant(kind):
             u = d
         if kind != "no_unit":
             u = u / np.linalg.norm(u)
+        if kind == "no_upper":                              # forgets to pass the upper bound on
+            upper = np.inf
         regrets = []
         for delta in deltas:
             q_s = q_t + delta * u
@@ -159,6 +170,8 @@ def test_06_3_blank_and_wrong_answers():
     assert v.status == "wrong" and "slope" in v.message and "log regret against log delta" in v.message
     v = ex.check("06.3", _curve_variant("one_value"))
     assert v.status == "wrong" and "(regrets, slope)" in v.message
+    v = ex.check("06.3", _curve_variant("no_upper"))     # its diagnosis tries slips whose scores go negative
+    assert v.status == "wrong" and "upper bound 3" in v.message
     v = ex.check("06.3", lambda *a, **k: 1 / 0)
     assert v.status == "wrong" and "ZeroDivisionError" in v.message
 

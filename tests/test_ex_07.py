@@ -37,6 +37,14 @@ def test_07_1_solution_blank_and_wrong():
     v = ex.check("07.1", 16 * n, model=model)
     assert v.status == "wrong" and "bits" in v.message
     assert ex.check("07.1", "two bytes", model=model).status == "wrong"
+    v = ex.check("07.1", 3 * n, model=model)              # a number exercise does not show the number
+    assert v.status == "wrong" and f"{2 * n:,}" not in v.message and str(2 * n) not in v.message
+    v = ex.check("07.1", 2 * n / 2**20, model=model)      # MiB, which int() would have truncated to 0
+    assert v.status == "wrong" and "MiB" in v.message and "bytes" in v.message
+    v = ex.check("07.1", 2 * n + 0.6, model=model)        # int() would have passed it
+    assert v.status == "wrong" and "whole number" in v.message
+    with pytest.raises(TypeError, match="pass the model"):
+        ex.check("07.1", 2 * n)
 
 
 # ----------------------------------------------------------------------------- 07.2
@@ -61,6 +69,10 @@ def test_07_2_solution_blank_and_wrong():
     assert v.status == "wrong" and "ZeroDivisionError" in v.message
     v = ex.check("07.2", lambda n, rank, world: 3)
     assert v.status == "wrong" and "list of ints" in v.message
+    v = ex.check("07.2", lambda n, rank, world: list(range(rank, n, world))[::-1])     # right blocks, wrong order
+    assert v.status == "wrong" and "increasing order" in v.message and "partition" not in v.message
+    v = ex.check("07.2", lambda n, rank, world: list(range(rank, n, world)) or None)   # None for an empty shard
+    assert v.status == "wrong" and "[] when" in v.message and "instance 4" in v.message
 
 
 # ----------------------------------------------------------------------------- 07.3
@@ -138,6 +150,38 @@ def test_07_3_blank_and_wrong_answers():
         raise KeyError("oops")
     v = ex.check("07.3", raises)
     assert v.status == "wrong" and "KeyError" in v.message
+
+
+def test_07_3_near_misses_get_their_own_message():
+    def through_float32(blocks, rank, world_size):        # float32 inside, cast back: right dtype, float32 digits
+        A = _local(blocks, rank, world_size).float()
+        dist.all_reduce(A)
+        return A.double()
+    v = ex.check("07.3", through_float32)
+    assert v.status == "wrong" and "float32's precision" in v.message
+
+    def bfloat16(blocks, rank, world_size):               # the dtype the notebook is about; numpy has none
+        A = _local(blocks, rank, world_size).to(torch.bfloat16)
+        dist.all_reduce(A)
+        return A
+    v = ex.check("07.3", bfloat16)
+    assert v.status == "wrong" and "came back as bfloat16" in v.message and "TypeError" not in v.message
+
+    visible = [torch.from_numpy(np.random.default_rng(0).normal(size=(4, 9))) for _ in range(3)]
+
+    def notebook_data(blocks, rank, world_size):          # the notebook's own blocks, not the argument
+        A = _local(visible, rank, world_size)
+        dist.all_reduce(A)
+        return A
+    v = ex.check("07.3", notebook_data)
+    assert v.status == "wrong" and "`blocks` argument" in v.message and "a a^T" not in v.message
+
+    def rank_zero_only(blocks, rank, world_size):         # the reduce-to-rank-0 habit
+        A = _local(blocks, rank, world_size)
+        dist.all_reduce(A)
+        return A if rank == 0 else None
+    v = ex.check("07.3", rank_zero_only)
+    assert v.status == "wrong" and "rank 1 returned None" in v.message
 
 
 def test_07_3_a_rank_that_skips_the_collective_is_contained():

@@ -62,6 +62,74 @@ def test_call_contains_the_learners_errors():
         ex.call(3.0, 1)
 
 
+def test_call_refuses_an_answer_that_changes_its_inputs_in_place():
+    import torch
+
+    def scale(x, factor):
+        x *= factor
+        return x
+    with pytest.raises(Mismatch, match="changed its input `x` in place"):
+        ex.call(scale, np.ones(3), 2.0, where="instance 1")
+    with pytest.raises(Mismatch, match="changed its input `x` in place"):
+        ex.call(scale, torch.ones(3, dtype=torch.bfloat16), 2.0)
+
+    def square_each(grads):                 # a dict of tensors, as notebook 01's gradients
+        for g in grads.values():
+            g **= 2
+        return sum(float(g.sum()) for g in grads.values())
+    with pytest.raises(Mismatch, match="changed its input `grads` in place"):
+        ex.call(square_each, {(0, "q"): torch.full((2, 2), 3.0)})
+    assert ex.call(lambda x: x * 2, np.array([1.0, np.nan]))[0] == 2.0      # a NaN input, untouched, is fine
+    assert ex.call(lambda x: x.clone().mul_(2), torch.ones(2)).tolist() == [2.0, 2.0]
+
+
+def test_none_after_earlier_results_is_wrong_not_unanswered():
+    from layerq_nb.exercises._core import _RETURNED, ReturnedNone
+    _RETURNED["any"] = False
+    with pytest.raises(NotAnswered, match="is a `return` missing"):
+        ex.call(lambda x: None, 1)
+    ex.call(lambda x: x, 1)
+    with pytest.raises(ReturnedNone, match="instance 2: your function returned None here"):
+        ex.call(lambda x: None, 1, where="instance 2")
+    _RETURNED["any"] = False
+
+
+def test_a_check_keeps_the_notebooks_random_state():
+    import torch
+    torch.manual_seed(0)
+    np.random.seed(0)
+    expected_torch, expected_np = torch.rand(3), np.random.rand(3)
+    torch.manual_seed(0)
+    np.random.seed(0)
+
+    def draws(*args):                       # an answer that draws from the global generators
+        np.random.rand(5)
+        torch.rand(5)
+        raise NotImplementedError
+    ex.check("01.1", draws)                 # and a check whose hidden instances build nn.Linear layers
+    assert torch.equal(torch.rand(3), expected_torch) and np.array_equal(np.random.rand(3), expected_np)
+
+
+def test_an_answer_the_checker_cannot_read_is_wrong_in_learn_mode_and_raises_otherwise(monkeypatch):
+    v = ex.check("05.4", lambda W, s: (torch_zeros_mask(W), 0))
+    assert v.status == "wrong" and "mask" in v.message
+    from layerq_nb.exercises import _core
+    monkeypatch.setitem(_core.REGISTRY, "99.1", _core.Exercise("99.1", "t", ("f",), lambda f: 1 / 0))
+    v = ex.check("99.1", lambda: 1)
+    assert v.status == "wrong" and "could not read your answer (ZeroDivisionError" in v.message
+    monkeypatch.setenv("LAYERQ_EXERCISES", "blank")       # CI's modes see the checker's own error
+    with pytest.raises(ZeroDivisionError):
+        ex.check("99.1", lambda: 1)
+    monkeypatch.setenv("LAYERQ_EXERCISES", "learn")
+    with pytest.raises(TypeError, match=r"ex.check\('01.3', ...\): got an unexpected keyword argument 'model'"):
+        ex.check("01.3", 3, model=None)
+
+
+def torch_zeros_mask(W):
+    import torch
+    return torch.zeros(W.shape, dtype=torch.bool)
+
+
 def test_close_says_how_answers_differ():
     e = np.arange(1.0, 7.0).reshape(2, 3)
     ex.close(e * (1 + 1e-9), e)
@@ -79,6 +147,11 @@ def test_close_says_how_answers_differ():
         ex.close(e + np.array([[0, 0, 0], [0, 0, 0.5]]), e, where="hidden instance 2")
     with pytest.raises(Mismatch, match="not numbers"):
         ex.close("abc", e)
+    with pytest.raises(Mismatch, match="all zeros") as zeros:
+        ex.close(np.zeros_like(e), e)
+    assert "factor" not in str(zeros.value)
+    with pytest.raises(Mismatch, match="is in float32 and agrees only to its precision: compute in float64"):
+        ex.close((e / 3).astype(np.float32), e / 3, rtol=1e-12, atol=0)
 
 
 def test_equal_counts_differences():

@@ -21,6 +21,9 @@ an unanswered notebook runs top to bottom. Two other modes serve CI and teachers
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import inspect
 import os
 import sys
 from collections.abc import Callable
@@ -28,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Exercise", "Verdict", "Mismatch", "NotAnswered", "exercise", "check", "call", "close", "equal",
+__all__ = ["Exercise", "Verdict", "Mismatch", "NotAnswered", "ReturnedNone", "exercise", "check", "call", "close", "equal",
            "instance_rng", "mode", "passed", "progress", "REGISTRY", "RESULTS"]
 
 MODES = ("learn", "solve", "blank")
@@ -116,11 +119,54 @@ def _blank(value) -> bool:
     return value is None or value is Ellipsis
 
 
+class ReturnedNone(Mismatch):
+    """The learner's function returned None on an instance after returning results on earlier ones."""
+
+
+# whether the learner's function has returned a result yet in the check that is running (`check` resets it)
+_RETURNED = {"any": False}
+
+
+def _fingerprint(value):
+    """A digest of an array or tensor argument (or of a dict, list or tuple of them), to see afterwards
+    whether the learner's function changed it; None for anything else. A digest, not a copy: the real
+    model's gradients passed to a check weigh hundreds of MB."""
+    if isinstance(value, dict):
+        parts = {k: _fingerprint(v) for k, v in value.items()}
+        return ("dict", tuple(parts.items())) if any(p is not None for p in parts.values()) else None
+    if isinstance(value, (list, tuple)):
+        parts = tuple(_fingerprint(v) for v in value)
+        return ("seq", parts) if any(p is not None for p in parts) else None
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return (data.shape, data.dtype.str, hashlib.blake2b(data.view(np.uint8).reshape(-1)).hexdigest())
+    if hasattr(value, "detach") and hasattr(value, "untyped_storage"):       # a torch tensor
+        import torch
+        data = value.detach().cpu().contiguous()
+        raw = data.reshape(-1).view(torch.uint8).numpy() if data.numel() else np.zeros(0, np.uint8)
+        return (tuple(data.shape), str(data.dtype), hashlib.blake2b(raw).hexdigest())
+    return None
+
+
+def _argument_names(fn, args, kwargs) -> list[str]:
+    try:
+        bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+        by_id = {id(v): name for name, v in bound.arguments.items()}
+    except (TypeError, ValueError):
+        by_id = {}
+    return [by_id.get(id(v), f"argument {i + 1}") for i, v in enumerate([*args, *kwargs.values()])]
+
+
 def call(fn, *args, where: str = "", **kwargs):
-    """Run the learner's function. NotImplementedError or a None return means "not answered"; any other
-    exception becomes a Mismatch that names the instance (a learner's bug is feedback, not a crash)."""
+    """Run the learner's function. NotImplementedError, or a None return before any result, means "not
+    answered"; None after results on earlier instances, any other exception, or an array argument changed
+    in place becomes a Mismatch that names the instance (a learner's bug is feedback, not a crash). The
+    in-place check matters beyond the check: the notebook then calls the same function on its own data
+    (the model's weights, the scores), which must come back untouched."""
     if not callable(fn):
         raise Mismatch(f"expected a function, got {type(fn).__name__}")
+    values = [*args, *kwargs.values()]
+    before = [_fingerprint(v) for v in values]
     try:
         out = fn(*args, **kwargs)
     except NotImplementedError:
@@ -130,7 +176,19 @@ def call(fn, *args, where: str = "", **kwargs):
     except Exception as error:
         raise Mismatch(f"{where}: your function raised {type(error).__name__}: {error}".lstrip(": ")) from None
     if out is None:
-        raise NotAnswered("your function returned None: write its body and return the result")
+        if _RETURNED["any"]:
+            raise ReturnedNone(f"{where}: your function returned None here, after results on the earlier instances: "
+                               "does a path through it end without `return` (a loop that can run out, a branch "
+                               "without one)?".lstrip(": "))
+        raise NotAnswered("your function returned None: write its body and return the result (is a `return` missing?)")
+    _RETURNED["any"] = True
+    changed = [name for name, b, v in zip(_argument_names(fn, args, kwargs), before, values)
+               if b is not None and b != _fingerprint(v)]
+    if changed:
+        raise Mismatch(f"{where}: your function changed its input {', '.join(f'`{n}`' for n in changed)} in place; "
+                       "the notebook passes its own data (the model's weights, the scores), which must come back "
+                       "untouched: work on a copy (x.clone() for a tensor, x.copy() or x / y, not x /= y, for "
+                       "an array)".lstrip(": "))
     return out
 
 
@@ -147,9 +205,15 @@ def _describe(a: np.ndarray) -> str:
     return f"[{', '.join(f'{v:.5g}' for v in flat[:3])}, ...] (shape {a.shape})"
 
 
+def _low_precision(x) -> bool:
+    """Whether a learner's result is a float32 / float16 / bfloat16 array or tensor."""
+    return str(getattr(x, "dtype", "")).replace("torch.", "") in ("float32", "float16", "bfloat16")
+
+
 def close(got, expected, *, where: str = "", rtol: float = 1e-6, atol: float = 1e-9, what: str = "result") -> None:
     """Raise a Mismatch unless `got` equals `expected` to the tolerance; say how they differ."""
     prefix = f"{where}: " if where else ""
+    narrow = _low_precision(got)
     try:
         g = _numpy(got).astype(float)
     except (TypeError, ValueError):
@@ -170,6 +234,11 @@ def close(got, expected, *, where: str = "", rtol: float = 1e-6, atol: float = 1
         detail += f" at index {tuple(int(i) for i in worst)}"
     if np.allclose(g, -e, rtol=rtol, atol=atol) and np.any(e != 0):
         detail += ". The sign is flipped"
+    elif narrow and np.allclose(g, e, rtol=1e-4, atol=max(atol, 1e-6 * float(np.abs(e).max(initial=0.0)))):
+        detail += (f". Your {what} is in {str(got.dtype).replace('torch.', '')} and agrees only to its precision: "
+                   "compute in float64")
+    elif not np.any(g) and np.any(e):
+        detail += f". Your {what} is all zeros"
     else:
         nonzero = np.abs(e) > atol
         if nonzero.sum() >= 2:
@@ -234,6 +303,25 @@ def run_solution(key: str, namespace: dict) -> tuple:
     return tuple(namespace[name] for name in ex.answer)
 
 
+@contextlib.contextmanager
+def _random_state_kept():
+    """numpy's and torch's global random state (CPU, and CUDA where torch has it) restored after a check:
+    building hidden instances (an nn.Linear's default init) or the learner's own draws inside the check
+    must not change what the notebook's next random draw gives."""
+    state = np.random.get_state()
+    torch = sys.modules.get("torch")
+    try:
+        if torch is None:
+            yield
+        else:
+            cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
+            devices = list(range(torch.cuda.device_count())) if cuda else []
+            with torch.random.fork_rng(devices=devices):
+                yield
+    finally:
+        np.random.set_state(state)
+
+
 def check(key: str, *answer, **context) -> Verdict:
     """Check the learner's `answer` to exercise `key` (the names it asks for, in order) on its hidden
     instances; `context` passes what the checker needs from the notebook (the model, a result)."""
@@ -243,15 +331,27 @@ def check(key: str, *answer, **context) -> Verdict:
         answer = run_solution(key, _namespace())
     if len(answer) != len(ex.answer):
         raise TypeError(f"ex.check({key!r}, ...) takes {len(ex.answer)} answer(s): {', '.join(ex.answer)}")
+    _RETURNED["any"] = False
     try:
         if any(_blank(a) for a in answer):
             raise NotAnswered("")
-        message = ex.checker(*answer, **context)
+        try:
+            inspect.signature(ex.checker).bind(*answer, **context)
+        except TypeError as error:
+            raise TypeError(f"ex.check({key!r}, ...): {error}; the notebook's own call shows what to pass") from None
+        with _random_state_kept():
+            message = ex.checker(*answer, **context)
         verdict = Verdict(key, "passed", message or "", ex.points, ex.points)
     except NotAnswered as why:
         verdict = Verdict(key, "unanswered", str(why), 0, ex.points)
     except Mismatch as why:
         verdict = Verdict(key, "wrong", str(why), 0, ex.points)
+    except Exception as error:   # noqa: BLE001 - an answer of a shape the checker did not foresee
+        if current != "learn" or str(error).startswith("ex.check("):     # or a call without its context
+            raise
+        verdict = Verdict(key, "wrong", f"the check could not read your answer ({type(error).__name__}: "
+                          f"{str(error)[:300]}); compare what your code returns with what the exercise asks for",
+                          0, ex.points)
     RESULTS[key] = verdict
     _show(ex, verdict)
     if current == "solve" and not verdict:

@@ -14,7 +14,9 @@ IGNORE = -100          # the label value that no loss is taken on (PyTorch's cro
 # ----------------------------------------------------------------------------- 00.1 layers and weights
 
 def _whole(value) -> bool:
-    """A whole number (int, numpy integer, or a float like 30.0)."""
+    """A whole number (int, numpy integer, or a float like 30.0); not a string or a bool."""
+    if isinstance(value, (str, bytes, bool)):
+        return False
     try:
         return float(value) == int(value)
     except (TypeError, ValueError, OverflowError):
@@ -36,7 +38,7 @@ def _layer_count(n_layers, params_per_layer, model=None) -> str:
     per_map = {name: m.weight.numel() for name, m in found[0].linears.items()}
     if not _whole(params_per_layer) or int(params_per_layer) != found[0].n_params:
         if _whole(params_per_layer) and int(params_per_layer) in per_map.values():
-            raise Mismatch(f"{params_per_layer:,} is the weight count of one linear map; add all "
+            raise Mismatch(f"{int(params_per_layer):,} is the weight count of one linear map; add all "
                            f"{len(per_map)} maps of the layer")
         raise Mismatch(f"params_per_layer = {params_per_layer!r}: add the weights (d_out x d_in) of every "
                        f"linear map of one layer")
@@ -178,7 +180,8 @@ def _refuses(fn, bad: np.ndarray, where: str, why: str) -> None:
         raise Mismatch(f"{where}: {why}, so it should raise ValueError; your function raised "
                        f"{type(error).__name__}: {error}") from None
     if out is None:
-        raise NotAnswered("your function returned None: write its body and return the result")
+        raise Mismatch(f"{where}: {why}, so it should raise ValueError; your function returned None instead "
+                       "(a notebook would carry on with None as its scores)")
     raise Mismatch(f"{where}: {why}, which no scores on the simplex can come from: raise ValueError (with a "
                    f"message that names the problem) instead of returning {np.asarray(out)!r}")
 
@@ -193,7 +196,8 @@ def _to_simplex(to_simplex, scores=None) -> str:
     cases = [np.array([3.0, 1.0]), instance_rng("00.3", 1).gamma(0.7, size=30),
              np.array([0.0, 2.0, 0.0, 2.0]), np.array([5.0]), 1e-30 * instance_rng("00.3", 4).random(7) + 1e-31]
     for i, gains in enumerate(cases):
-        where = f"hidden instance {i + 1} (K = {gains.size}{', with zero gains' if np.any(gains == 0) else ''})"
+        where = (f"hidden instance {i + 1} (K = {gains.size}{', with zero gains' if np.any(gains == 0) else ''}"
+                 f"{', gains of order 1e-30' if gains.max() < 1e-20 else ''})")
         given = gains.copy()
         got = call(to_simplex, given, where=where)
         if not np.array_equal(given, gains):

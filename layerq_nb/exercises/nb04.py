@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import Mismatch, call, close, exercise, instance_rng
+from ._core import Mismatch, NotAnswered, ReturnedNone, call, close, exercise, instance_rng
 
 
 def _program_a_instance(rng: np.random.Generator, k: int):
@@ -170,7 +170,17 @@ def _program_a_cvxpy(program_a_cvxpy) -> str:
     for i, (what, q, cost, beta, lower, upper, budget) in enumerate(_cvxpy_instances()):
         where = f"hidden instance {i + 1} ({what}; budget {budget:.6g})"
         sol = allocate(q, budget, cost=cost, beta=beta, lower=lower, upper=upper)
-        got = call(program_a_cvxpy, q.copy(), budget, cost.copy(), beta.copy(), lower.copy(), upper.copy(), where=where)
+        try:
+            got = call(program_a_cvxpy, q.copy(), budget, cost.copy(), beta.copy(), lower.copy(), upper.copy(),
+                       where=where)
+        except NotAnswered as why:
+            if "returned None" not in str(why):
+                raise
+            raise NotAnswered(f"{why}. In cvxpy r.value is also None until problem.solve() has run, and after a "
+                              "solve that did not reach 'optimal' (problem.status says which)") from None
+        except ReturnedNone:
+            raise Mismatch(f"{where}: your function returned None: r.value is None when problem.solve() did not "
+                           "reach 'optimal' (print problem.status: infeasible? unbounded?)") from None
         try:
             r = np.asarray(got, dtype=float).reshape(-1)
         except (TypeError, ValueError):
@@ -194,8 +204,8 @@ def _program_a_cvxpy(program_a_cvxpy) -> str:
             value = float(np.sum(q * np.log1p(np.maximum(r, lower) / beta)))
         if not value >= sol.objective - 1e-6 * max(1.0, abs(sol.objective)):
             raise Mismatch(f"{where}: your r is feasible, but sum_k q_k log(1 + r_k / beta_k) = {value:.8g} is below "
-                           f"the optimum {sol.objective:.8g}: it maximises another objective (check the weights q_k "
-                           "and the scale 1 / beta_k inside the log)")
+                           f"the optimum {sol.objective:.8g}: it maximises another objective (check each term "
+                           "q_k log(1 + r_k / beta_k): the weight q_k, the 1 + and the scale 1 / beta_k)")
         close(r, sol.x, where=where, rtol=1e-3, atol=1e-3 * scale, what="r")
     return ("cvxpy states program A as a convex problem (exponential cones) and Clarabel solves it by an interior-point "
             "method: the same r as the closed form, to the solver's tolerance.")

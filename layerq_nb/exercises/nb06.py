@@ -28,8 +28,10 @@ def _objective(q, x, beta) -> float:
 @exercise("06.1", title="delta: the score error on the simplex", answer="delta", kind="number",
           hints=("Program A only sees q / sum(q): two score vectors that differ by a factor allocate the same way.",
                  "Divide each raw vector by its own sum, then take the Euclidean (2-)norm of the difference."))
-def _delta(delta, q_source, q_target) -> str:
+def _delta(delta, q_source=None, q_target=None) -> str:
     from ..mdl import normalise
+    if q_source is None or q_target is None:
+        raise TypeError('ex.check("06.1", delta, q_source=..., q_target=...): pass both raw score vectors')
     expected = float(np.linalg.norm(normalise(q_target) - normalise(q_source)))
     try:
         got = float(delta)
@@ -43,7 +45,9 @@ def _delta(delta, q_source, q_target) -> str:
                        "divide each vector by its sum")
     if math.isclose(got, expected**2, rel_tol=1e-6):
         raise Mismatch(f"got delta^2 ({got:.4g}); delta is the norm itself, not its square")
-    raise Mismatch(f"expected {expected:.6g}, got {got:.6g}")
+    # a number exercise: the expected value would be the answer to paste, so it is not shown
+    raise Mismatch(f"got {got:.6g}, which is not the 2-norm of the difference of the two score vectors, each "
+                   "divided by its own sum")
 
 
 # ----------------------------------------------------------------------------- 06.2 realised regret (build)
@@ -105,6 +109,9 @@ def _realised_regret(realised_regret, q_source=None, q_target=None, budget=None)
         if math.isclose(got, on_source, rel_tol=1e-6, abs_tol=1e-12):
             raise Mismatch(f"{where}: expected {expected:.6g}, got {got:.6g}, which is the regret measured on the source "
                            "objective F_S; the regret is paid on the target: weight the logs with q_T")
+        if math.isclose(got, expected, rel_tol=1e-4):
+            raise Mismatch(f"{where}: expected regret {expected:.10g}, got {got:.10g}: equal to about float32 precision "
+                           "only; the regret is a small difference of two objectives, so compute in float64")
         raise Mismatch(f"{where}: expected regret {expected:.6g}, got {got:.6g}")
     return ("R = F_T(x*(q_T)) - F_T(x*(q_S)) on every instance, 0 when the scores agree up to scale: the price of "
             "allocating with scores from the wrong task.")
@@ -202,17 +209,22 @@ def _curve_diagnosis(regrets, q_t, d, deltas, b, beta, upper) -> str:
     from ..mdl import regret_bound
     q, u = _simplex(q_t), _unit_tangent(d)
     raw_u = np.asarray(d, float) / np.linalg.norm(d)
+
+    def regret(source, target) -> float:
+        """The regret of a candidate slip, NaN where its scores went negative (no allocation exists there)."""
+        if np.any(np.asarray(source) < 0) or np.any(np.asarray(target) < 0):
+            return np.nan
+        return regret_bound(source, target, b, beta=beta, upper=upper).regret
+
     candidates = {
         "the perturbed scores leave the simplex: subtract the direction's mean so its entries sum to zero":
-            [regret_bound(q + x * raw_u, q, b, beta=beta, upper=upper).regret for x in deltas],
+            [regret(q + x * raw_u, q) for x in deltas],
         "the direction is not unit length, so ||q_S - q_T|| is not delta: divide it by its norm":
-            [regret_bound(q + x * (u * np.linalg.norm(np.asarray(d) - np.mean(d))), q, b, beta=beta, upper=upper).regret
-             for x in deltas],
+            [regret(q + x * (u * np.linalg.norm(np.asarray(d) - np.mean(d))), q) for x in deltas],
         "source and target are swapped: allocate with the perturbed scores, evaluate on q_target":
-            [regret_bound(q, q + x * u, b, beta=beta, upper=upper).regret for x in deltas],
+            [regret(q, q + x * u) for x in deltas],
         "q_target was perturbed before it was normalised: divide it by its sum first":
-            [regret_bound(np.asarray(q_t, float) + x * u, q_t, b, beta=beta, upper=upper).regret
-             if np.all(np.asarray(q_t) + x * u >= 0) else np.nan for x in deltas],
+            [regret(np.asarray(q_t, float) + x * u, q_t) for x in deltas],
     }
     for advice, values in candidates.items():
         values = np.asarray(values, float)

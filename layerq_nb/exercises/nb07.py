@@ -17,13 +17,14 @@ import queue as queue_module
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 
-from ._core import Mismatch, NotAnswered, call, close, exercise, instance_rng
+from ._core import Mismatch, NotAnswered, ReturnedNone, call, close, exercise, instance_rng
 
-__all__ = ["RankFailure", "package_reduce_factor", "package_shard", "run_on_ranks"]
+__all__ = ["NarrowTensor", "RankFailure", "package_reduce_factor", "package_shard", "run_on_ranks"]
 
 
 class RankFailure(RuntimeError):
@@ -34,9 +35,19 @@ class RankFailure(RuntimeError):
         self.rank, self.kind = rank, kind
 
 
+@dataclass(frozen=True)
+class NarrowTensor:
+    """A tensor in a dtype numpy lacks (bfloat16), sent back widened to float32 with its own dtype's name."""
+    dtype: str
+    values: np.ndarray
+
+
 def _to_host(value):
     """Tensors to numpy (pickled back to the parent), containers element-wise, anything else as is."""
     if hasattr(value, "detach"):
+        import torch
+        if value.dtype == torch.bfloat16:
+            return NarrowTensor("bfloat16", value.detach().cpu().float().numpy())
         return value.detach().cpu().numpy()
     if isinstance(value, (list, tuple)):
         return type(value)(_to_host(v) for v in value)
@@ -158,12 +169,22 @@ def run_on_ranks(fn, world_size: int = 2, *args, calls=None, timeout: float = 60
 @exercise("07.1", title="Bytes of the model's parameters in bfloat16", answer="bf16_bytes", kind="number",
           hints=("Count the parameters: sum of p.numel() over model.parameters().",
                  "bfloat16 is a 16-bit format: 1 sign bit, 8 exponent bits, 7 mantissa bits. How many bytes is that?"))
-def _bf16_bytes(bf16_bytes, model) -> str:
+def _bf16_bytes(bf16_bytes, model=None) -> str:
+    if model is None:
+        raise TypeError('ex.check("07.1", bf16_bytes, model=model): pass the model')
     n = sum(p.numel() for p in model.parameters())
     try:
-        got = int(bf16_bytes)
+        value = float(bf16_bytes)
     except (TypeError, ValueError):
         raise Mismatch(f"expected a whole number of bytes, got a {type(bf16_bytes).__name__}") from None
+    if isinstance(bf16_bytes, bool):
+        raise Mismatch("expected a whole number of bytes, got a bool")
+    for unit, size in (("MiB", 2**20), ("MB", 1e6), ("GiB", 2**30), ("GB", 1e9)):
+        if np.isclose(value, 2 * n / size, rtol=1e-3):
+            raise Mismatch(f"{value:g} is the size in {unit}; give it in bytes (a whole number)")
+    if not np.isfinite(value) or value != round(value):
+        raise Mismatch(f"{value:g} is not a whole number of bytes")
+    got = int(value)
     if got == 2 * n:
         return f"{2 * n / 2**20:.0f} MiB in bf16 for {n:,} parameters, half of fp32's {4 * n / 2**20:.0f} MiB."
     if got == 4 * n:
@@ -172,7 +193,8 @@ def _bf16_bytes(bf16_bytes, model) -> str:
         raise Mismatch("16 is the number of bits per parameter; count bytes")
     if got == n:
         raise Mismatch(f"{got:,} is the parameter count; each takes more than one byte in bfloat16")
-    raise Mismatch(f"expected {2 * n:,} bytes for {n:,} parameters, got {got:,}")
+    # a number exercise: the expected value would be the answer to paste, so it is not shown
+    raise Mismatch(f"{got:,} bytes is not what {n:,} parameters take in bfloat16: parameters x bytes per parameter")
 
 
 # ----------------------------------------------------------------------------- 07.2 the shard (build)
@@ -193,7 +215,11 @@ def package_shard(n_blocks: int, rank: int, world_size: int) -> list[int]:
 def _shard(shard) -> str:
     for i, (n, rank, world) in enumerate(SHARD_CASES):
         where = f"hidden instance {i + 1} (n_blocks = {n}, rank = {rank}, world_size = {world})"
-        got = call(shard, n, rank, world, where=where)
+        try:
+            got = call(shard, n, rank, world, where=where)
+        except ReturnedNone:
+            raise Mismatch(f"{where}: your function returned None; return a list, [] when this rank's shard is "
+                           "empty") from None
         try:
             got = [int(x) for x in got]
         except (TypeError, ValueError):
@@ -201,12 +227,16 @@ def _shard(shard) -> str:
         expected = package_shard(n, rank, world)
         if got == expected:
             continue
+        if sorted(got) == expected:
+            raise Mismatch(f"{where}: the right blocks, {sorted(got)}, but in the order {got}: return them in "
+                           "increasing order")
         everyone = sorted(j for r in range(world) for j in list(call(shard, n, r, world, where=where)))
         if everyone != list(range(n)):
             raise Mismatch(f"{where}: expected {expected}, got {got}; over all ranks your shards cover {everyone[:12]}"
                            f"{'...' if len(everyone) > 12 else ''}, not each of the {n} blocks exactly once")
         raise Mismatch(f"{where}: expected {expected}, got {got}. Your shards do partition the blocks (the sums would "
-                       "still be right), but the package interleaves them: every world_size-th block from rank")
+                       "still be right), but the package interleaves them: rank r takes every world_size-th block, "
+                       "starting from block r")
     return ("rank r scores blocks r, r + world_size, r + 2 world_size, ...: every block exactly once, and an "
             "empty shard when rank >= n_blocks.")
 
@@ -279,7 +309,11 @@ def _diagnose(got, blocks, rank, world) -> str:
         if np.allclose(got, full / world, rtol=1e-6):
             return "the result is the total divided by world_size: the reducers' state is a sum, not a mean"
     elif got.ndim == 2 and got.shape[0] == got.shape[1]:
-        return f"A is d_in x d_in = {full.shape}: sum a^T a over tokens (a has shape (tokens, d_in)), not a a^T"
+        tokens = {b.shape[0] for b in blocks} | {sum(blocks[i].shape[0] for i in package_shard(len(blocks), rank, world))}
+        if got.shape[0] in tokens:
+            return f"A is d_in x d_in = {full.shape}: sum a^T a over tokens (a has shape (tokens, d_in)), not a a^T"
+        return (f"these blocks have d_in = {full.shape[0]}, so A is {full.shape}: build it from the function's "
+                "`blocks` argument (not from the notebook's own data)")
     return ""
 
 
@@ -308,19 +342,31 @@ def _reduce_factor(reduce_factor, inputs=None) -> str:
                 where = f"hidden instance '{name}', rank {rank} of {world}"
                 got = learner[rank][j]
                 if got is None:
-                    raise NotAnswered("your function returned None: return the reduced tensor")
-                kind = getattr(got, "dtype", None)
-                if kind is not None and np.dtype(kind) != np.float64:
-                    raise Mismatch(f"{where}: A came back as {np.dtype(kind)}, the blocks are float64: start from zeros "
+                    answered = [r for r in range(world) if learner[r][j] is not None]
+                    if not answered:
+                        raise NotAnswered("your function returned None: return the reduced tensor")
+                    raise Mismatch(f"{where}: rank {rank} returned None while rank {answered[0]} returned A: after the "
+                                   "all-reduce every rank holds the total, so every rank returns it")
+                kind = got.dtype if isinstance(got, NarrowTensor) else getattr(got, "dtype", None)
+                if kind is not None and str(kind) != "float64":
+                    name_ = kind if isinstance(kind, str) else np.dtype(kind).name
+                    raise Mismatch(f"{where}: A came back as {name_}, the blocks are float64: start from zeros "
                                    "with the blocks' dtype (blocks[0].dtype), or the sum loses digits the float64 "
                                    "statistics keep")
                 try:
                     got = np.asarray(got, dtype=float)
                 except (TypeError, ValueError):
                     raise Mismatch(f"{where}: return the (d_in, d_in) tensor, got {type(got).__name__}") from None
+                scale = float(np.abs(single).max()) if single.size else 1.0
                 try:
-                    close(got, single, where=where, rtol=1e-5, atol=1e-6 * float(np.abs(single).max()), what="A")
+                    # float64 sums in any order agree to ~1e-15 of the largest entry: 1e-10 tells a float64 sum
+                    # from one that went through float32 (~1e-7) on the way
+                    close(got, single, where=where, rtol=1e-10, atol=1e-10 * scale, what="A")
                 except Mismatch as why:
+                    if got.shape == single.shape and np.allclose(got, single, rtol=1e-5, atol=1e-6 * scale):
+                        raise Mismatch(f"{where}: A agrees with the float64 sum only to about 1e-7, float32's "
+                                       "precision: keep the sum and the all-reduce in float64 (the blocks' dtype) "
+                                       "throughout, not only the result") from None
                     advice = _diagnose(got, blocks, rank, world)
                     raise Mismatch(f"{why}" + (f". {advice}" if advice else "")) from None
             checked += 1
