@@ -107,7 +107,7 @@ class Influence:
 def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str = "kfac", damping: float = 0.1,
                     damping_mode: str = "relative", params: str = "block", fisher: str = "sampled",
                     batch_size: int = BATCH_SIZE, seed: int = 0, progress: bool = True,
-                    layers_per_pass: int | None = None) -> Influence:
+                    layers_per_pass: int | None = None, only=None) -> Influence:
     """The (training blocks x layers) LayerIF matrix.
 
     Passes: curvature statistics on `train` (one or two, see `curvature.fit`), the summed
@@ -115,13 +115,18 @@ def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str 
     inner products. params: "block" (every linear map, the paper's text), "attn" (the released code),
     or "mlp". layers_per_pass: None runs those passes once for every layer; k runs them k layers at a
     time (each group's factors, gradients and vectors freed before the next), for a smaller peak memory
-    and the same matrix.
+    and the same matrix. only: layer indices to compute (default all); the other layers' columns (and
+    zeta^2) are NaN, not zero, since they were not measured.
     """
     if params not in PARAMS:
         raise ValueError(f"params must be one of {', '.join(PARAMS)}, got {params!r}")
     options = CurvatureOptions(curvature, damping, damping_mode, fisher).require_factored("layer_influence")
     found = find_layers(model)
-    groups = layer_groups(len(found), layers_per_pass)
+    wanted = None if only is None else frozenset(int(i) for i in only)
+    if wanted is not None and not all(0 <= i < len(found) for i in wanted):
+        raise ValueError(f"only must hold layer indices 0 .. {len(found) - 1}, got {sorted(wanted)}")
+    groups = [g for g in ((group if wanted is None else wanted if group is None else group & wanted)
+                          for group in layer_groups(len(found), layers_per_pass)) if g is None or g]
     # both sets of blocks checked before the first (long) pass
     on_train, on_validation = (Passes(model, b, batch_size, seed, progress) for b in (train, validation))
     matrix, zeta2 = np.zeros((len(train), len(found))), np.zeros(len(found))
@@ -141,6 +146,9 @@ def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str 
         for (layer, _), values in inner.state.items():
             matrix[:, layer] -= values.cpu().numpy()
         del vectors, inner        # this group's solves, gradients and vectors go before the next group
+    if wanted is not None:
+        skipped = sorted(set(range(len(found))) - wanted)
+        matrix[:, skipped], zeta2[skipped] = np.nan, np.nan
     meta = dict(task=train.task, train_blocks=len(train), validation_blocks=len(validation), curvature=curvature,
                 damping=damping, damping_mode=damping_mode, params=params, fisher=fisher, seed=seed,
                 model=model_facts(model).name)

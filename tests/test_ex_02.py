@@ -78,6 +78,11 @@ def test_02_2_quadratic_decrease():
     _wrong("02.2", lambda z, t: (t - t * t) * z, "forgot the 1/2")
     _wrong("02.2", lambda z, t: -(t - t * t / 2) * z, "minus it")
     _wrong("02.2", lambda z, t: t * z, "only the linear term")
+    _wrong("02.2", lambda z, t: z / 2, "full step (t = 1) for every t")
+    # a slip is named only when it reproduces every case: these match none
+    for other in (lambda zeta2, t: 0.0, lambda t, zeta2: (t - t * t / 2) * zeta2, lambda z, t: (t - t * t) / 2 * z):
+        verdict = ex.check("02.2", other)
+        assert verdict.status == "wrong" and "<-" not in verdict.message, verdict.message
 
 
 # ----------------------------------------------------------------------------- 02.3 K-FAC factors
@@ -121,7 +126,22 @@ def test_02_4_kfac_solve(kfac_solve, module_data):
     def factored(A, G, grad, d):                # damping added to each factor: not one lambda on A (x) G
         lam = d * np.linalg.eigvalsh(A).mean() * np.linalg.eigvalsh(G).mean()
         return kfac_solve(A + np.sqrt(lam) * np.eye(len(A)), G + np.sqrt(lam) * np.eye(len(G)), grad, 0.0)
-    _wrong("02.4", factored, "any one lambda")
+    _wrong("02.4", factored, "damps each factor by sqrt(lambda)")
+
+    def row_major_kron(A, G, grad, d):          # np.kron(A, G) with numpy's row-major ravel: the vec slip
+        lam = d * np.linalg.eigvalsh(A).clip(0).mean() * np.linalg.eigvalsh(G).clip(0).mean()
+        x = np.linalg.solve(np.kron(A, G) + lam * np.eye(A.size and len(A) * len(G)), grad.ravel())
+        step = x.reshape(grad.shape)
+        return step, float((grad * step).sum())
+    _wrong("02.4", row_major_kron, "vec stacks columns")
+
+    def rotated_without_transposes(A, G, grad, d):
+        alpha, q_a = np.linalg.eigh(A)
+        gamma, q_g = np.linalg.eigh(G)
+        eig = np.outer(gamma.clip(0), alpha.clip(0))
+        step = q_g @ ((q_g @ grad @ q_a.T) / (eig + d * eig.mean())) @ q_a.T
+        return step, float((grad * step).sum())
+    _wrong("02.4", rotated_without_transposes, "with the transposes")
 
     def bad_zeta(A, G, grad, d):
         step, _ = kfac_solve(A, G, grad, d)

@@ -62,10 +62,45 @@ def test_03_1_wrong_answers_say_why(influence_identity):
     no_damping = lambda model, tr, va, k, lam: influence_identity(model, tr, va, k, lam) * lam       # noqa: E731
     flipped = lambda *args: -influence_identity(*args)                                            # noqa: E731
     averaged = lambda model, tr, va, k, lam: influence_identity(model, tr, va, k, lam) / len(va)  # noqa: E731
+    twice = lambda model, tr, va, k, lam: influence_identity(model, tr, va, k, lam) / lam         # noqa: E731
     for wrong, fragment in ((no_damping, "did not divide by the damping"), (flipped, "sign is flipped"),
-                            (averaged, "do not average them")):
+                            (averaged, "do not average them"), (twice, "divide by lambda once, not twice")):
         v = ex.check("03.1", wrong)
         assert v.status == "wrong" and "hidden instance 1" in v.message and fragment in v.message, v.message
+
+
+def test_03_1_a_learner_who_freezes_parameters_leaves_the_models_as_they_were(influence_identity, tiny):
+    model, _ = tiny
+
+    def freezes(model, train, validation, k, damping):     # right numbers, but turns requires_grad off for speed
+        model.requires_grad_(False)
+        for m in lq.layers(model)[k].linears.values():
+            m.weight.requires_grad_(True)
+        return influence_identity(model, train, validation, k, damping)
+    from layerq_nb.exercises.nb03 import _tiny_model
+    train = lq.load_task("prose", _tokenizer(tiny), split="train", n_blocks=2, block_size=16)
+    validation = lq.load_task("prose", _tokenizer(tiny), split="validation", n_blocks=1, block_size=16)
+    flags = [p.requires_grad for p in model.parameters()]
+    assert ex.check("03.1", freezes, model=model, train=train, validation=validation)
+    assert all(p.requires_grad for p in _tiny_model().parameters())          # the check's cached model
+    assert [p.requires_grad for p in model.parameters()] == flags            # and the notebook's
+    assert ex.check("03.1", influence_identity)           # the next check, in the same kernel, still passes
+
+
+def _tokenizer(tiny):
+    return tiny[1]
+
+
+def test_layer_influence_of_some_layers_matches_the_full_matrix(tiny):
+    model, tokenizer = tiny
+    train = lq.load_task("prose", tokenizer, split="train", n_blocks=2, block_size=16)
+    validation = lq.load_task("prose", tokenizer, split="validation", n_blocks=1, block_size=16)
+    full = lq.layer_influence(model, train, validation, curvature="identity", progress=False)
+    one = lq.layer_influence(model, train, validation, curvature="identity", only={1}, progress=False)
+    assert np.allclose(one.matrix[:, 1], full.matrix[:, 1], rtol=1e-6, atol=0)
+    assert np.isnan(one.matrix[:, [0, 2]]).all() and np.isnan(one.zeta2[[0, 2]]).all()
+    with pytest.raises(ValueError, match="layer indices 0 .. 2"):
+        lq.layer_influence(model, train, validation, curvature="identity", only={3}, progress=False)
 
 
 def test_03_1_attention_only_is_wrong():
@@ -164,3 +199,9 @@ def test_03_3_solution_blank_and_wrong():
     v = ex.check("03.3", [0, 3, 4], result=cs)                # 0.5 * drop range instead of the way to chance
     assert v.status == "wrong"
     assert ex.check("03.3", "layer 0", result=cs).status == "wrong"
+    mask = cs.drop >= 0.5 * (cs.chance_loss - cs.full_loss)
+    for as_mask in (mask, list(mask), mask.astype(int).tolist()):   # int() would read a mask as indices 0 and 1
+        v = ex.check("03.3", as_mask, result=cs)
+        assert v.status == "wrong" and "np.flatnonzero" in v.message, v.message
+    v = ex.check("03.3", [0, 3, 99], result=cs)
+    assert v.status == "wrong" and "numbered 0 .. 5" in v.message

@@ -105,17 +105,23 @@ def _zeta2_dense(zeta2_dense) -> str:
                  "The linear term gives -t zeta^2; the curvature term gives + t^2 zeta^2 / 2.",
                  "The decrease is -m(t Delta): a factor (t - t^2/2) times zeta^2; it is largest at t = 1."))
 def _decrease(decrease) -> str:
-    cases = [(2.0, 1.0), (0.5, 0.5), (3.0, 2.0), (1.0, 0.0), (1.5, 3.0), (0.0, 0.7), (4.0, 0.25)]
+    # no case where two of the slips below agree (t = 1 makes "forgot the 1/2" zero; t = 1/2 makes t zeta^2
+    # equal zeta^2 / 2), so a slip is named only when it reproduces the answer on every case
+    cases = [(2.0, 0.8), (0.5, 0.3), (3.0, 2.0), (1.0, 0.0), (1.5, 3.0), (0.0, 0.7), (4.0, 0.25), (2.5, 1.0)]
+    slips = {"you forgot the 1/2 of the curvature term: it gives + t^2 zeta^2 / 2": lambda z, t: (t - t * t) * z,
+             "that is only the linear term t zeta^2; the curvature term takes some back": lambda z, t: t * z,
+             "that is the decrease of the full step (t = 1) for every t": lambda z, t: z / 2,
+             "that is m(t Delta) itself, which is negative: the decrease is minus it":
+                 lambda z, t: -(t - t * t / 2) * z}
+    answers = []
     for i, (z, t) in enumerate(cases):
         where = f"hidden case {i + 1} (zeta^2 = {z}, t = {t})"
-        got = _scalar(call(decrease, z, t, where=where), where, "decrease")
+        answers.append((where, z, t, _scalar(call(decrease, z, t, where=where), where, "decrease")))
+    named = {why: 0.0 for why, slip in slips.items()
+             if all(np.isclose(got, slip(z, t), rtol=1e-9, atol=1e-12) for _, z, t, got in answers)}
+    for where, z, t, got in answers:
         expected = (t - t * t / 2) * z
-        wrong = {"you forgot the 1/2 of the curvature term: it gives + t^2 zeta^2 / 2": (t - t * t) * z,
-                 "that is only the linear term t zeta^2; the curvature term takes some back": t * z,
-                 "that is the decrease of the full step (t = 1) for every t": z / 2,
-                 "that is m(t Delta) itself, which is negative: the decrease is minus it": -expected}
-        if abs(expected) < 1e-15:
-            wrong.pop("that is m(t Delta) itself, which is negative: the decrease is minus it")
+        wrong = {why: slips[why](z, t) for why in named}
         _close_or_explain(got, expected, wrong, where=where, rtol=1e-9, atol=1e-12, what="decrease")
     return ("(t - t^2/2) zeta^2: largest at t = 1 (zeta^2 / 2), zero again at t = 2, negative beyond: "
             "a step twice the Newton step gains nothing on the model.")
@@ -243,6 +249,32 @@ def _solve_instances():
             (6, 3, 30, 1e-3, "factors of very different scales")]
 
 
+def _layout_slips(A, G, grad, lam) -> dict:
+    """What the usual layout slips of a Kronecker solve give (reason -> step): the vec convention, the
+    rotation's transposes, the eigenvalue grid's orientation, damping each factor by sqrt(lambda)."""
+    alpha, q_a, gamma, q_g = _eigen_parts(A, G)
+    d_out, d_in = grad.shape
+    slips = {}
+    with np.errstate(all="ignore"):
+        row_major = np.linalg.solve(np.kron(A, G) + lam * np.eye(d_in * d_out), grad.ravel()).reshape(grad.shape)
+        slips["vec stacks columns: (A (x) G) vec(g) = vec(G g A) with vec(g) = g.ravel(order='F'); with numpy's "
+              "row-major ravel/reshape the matrix is np.kron(G, A)"] = row_major
+        grid = np.outer(gamma, alpha) + lam
+        rotated = q_g @ grad @ q_a.T
+        slips["rotate into the eigenbasis with the transposes, R = Q_G^T grad Q_A (the eigenvectors are Q's "
+              "columns), and back with Q_G R Q_A^T"] = q_g @ (rotated / grid) @ q_a.T
+        slips["rotate into the eigenbasis with R = Q_G^T grad Q_A and back with Q_G R Q_A^T (yours goes the other "
+              "way round)"] = q_g.T @ (rotated / grid) @ q_a
+        if d_in == d_out:
+            slips["the eigenvalue grid is gamma_i alpha_j, np.outer(gamma, alpha): rows follow G (d_out), "
+                  "columns A (d_in)"] = q_g @ ((q_g.T @ grad @ q_a) / (np.outer(alpha, gamma) + lam)) @ q_a.T
+        root = np.sqrt(lam)
+        slips["that damps each factor by sqrt(lambda), (A + sqrt(lambda) I) (x) (G + sqrt(lambda) I), which adds "
+              "cross terms: add one lambda to every eigenvalue gamma_i alpha_j"] = (
+            q_g @ ((q_g.T @ grad @ q_a) / np.outer(gamma + root, alpha + root)) @ q_a.T)
+    return {why: step for why, step in slips.items() if np.all(np.isfinite(step))}
+
+
 @exercise("02.4", title="K-FAC's damped solve and zeta^2 of one linear map", answer="kfac_solve",
           hints=("Eigendecompose both factors (np.linalg.eigh; clip tiny negative eigenvalues at 0). In the basis "
                  "Q_A (x) Q_G the matrix A (x) G is diagonal, with eigenvalue gamma_i alpha_j at entry (i, j).",
@@ -281,7 +313,8 @@ def _kfac_solve(kfac_solve, a=None, b=None, n_targets=None, grad=None) -> str:
         size = np.abs(package_step).max() or 1.0
         if dense:
             expected = _dense_kronecker(A_i, G_i, grad_i, lam)
-            wrong = {"that is the Newton step -(H + lambda I)^-1 g: return the solve itself, without the minus": -expected}
+            wrong = {"that is the Newton step -(H + lambda I)^-1 g: return the solve itself, without the minus": -expected,
+                     **_layout_slips(A_i, G_i, grad_i, lam)}
             try:
                 close(step, expected, where=where + ", step (against a dense Kronecker solve)", rtol=1e-4,
                       atol=1e-5 * size, what="step")
@@ -297,8 +330,9 @@ def _kfac_solve(kfac_solve, a=None, b=None, n_targets=None, grad=None) -> str:
                     want = f"expected lambda = damping * mean(alpha) * mean(gamma) = {lam:.6g}"
                     if used is None:
                         raise Mismatch(f"{message} <- your step is not (A (x) G + lambda I)^-1 g for any one lambda: "
-                                       "keep both eigenbases, and add the same lambda to every eigenvalue gamma_i "
-                                       "alpha_j (not to A and G separately)") from None
+                                       "check the rotation (R = Q_G^T grad Q_A in, Q_G R Q_A^T out), the eigenvalue "
+                                       "grid (gamma_i alpha_j: rows follow G, columns A) and that one lambda is added "
+                                       "to every gamma_i alpha_j") from None
                     if abs(used) <= 1e-9 * (1 + lam):
                         raise Mismatch(f"{message} <- your solve has no damping (lambda = 0); {want}") from None
                     if not np.isclose(used, lam, rtol=1e-4):
