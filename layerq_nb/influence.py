@@ -130,8 +130,8 @@ def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str 
     # both sets of blocks checked before the first (long) pass
     on_train, on_validation = (Passes(model, b, batch_size, seed, progress) for b in (train, validation))
     matrix, zeta2 = np.zeros((len(train), len(found))), np.zeros(len(found))
-    for only in groups:
-        group_train, group_validation = (dataclasses.replace(p, only=only) for p in (on_train, on_validation))
+    for group in groups:
+        group_train, group_validation = (dataclasses.replace(p, only=group) for p in (on_train, on_validation))
         fitted = fit(group_train, options, gradients=True)     # the training gradient rides on the fit's pass
         solves = fitted.solves
         for (layer, module), solve in solves.items():

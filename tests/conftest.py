@@ -17,9 +17,16 @@ sys.path.insert(0, os.path.dirname(__file__))   # tests/strategies.py
 
 @pytest.fixture(autouse=True)
 def learner_mode(monkeypatch):
-    """Python tests call the exercise checks as a learner would (the root conftest makes notebooks blank)."""
+    """Python tests call the exercise checks as a learner would (the root conftest makes notebooks blank).
+    In learn mode a checker's own error becomes a "wrong" verdict; a test fails if one did, so that a
+    crashing checker cannot pass as a wrong answer rejected (a test that means it clears CHECK_ERRORS)."""
+    from layerq_nb.exercises import CHECK_ERRORS
     monkeypatch.setenv("LAYERQ_EXERCISES", "learn")
     monkeypatch.delenv("LAYERQ_SOLVE", raising=False)
+    CHECK_ERRORS.clear()
+    yield
+    errors, CHECK_ERRORS[:] = list(CHECK_ERRORS), []
+    assert not errors, f"a check raised instead of giving a verdict: {errors}"
 
 
 @pytest.fixture(scope="session")

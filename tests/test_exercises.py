@@ -110,19 +110,38 @@ def test_a_check_keeps_the_notebooks_random_state():
     assert torch.equal(torch.rand(3), expected_torch) and np.array_equal(np.random.rand(3), expected_np)
 
 
-def test_an_answer_the_checker_cannot_read_is_wrong_in_learn_mode_and_raises_otherwise(monkeypatch):
-    v = ex.check("05.4", lambda W, s: (torch_zeros_mask(W), 0))
-    assert v.status == "wrong" and "mask" in v.message
-    from layerq_nb.exercises import _core
+def test_a_checker_error_is_a_verdict_in_learn_mode_and_raises_otherwise(monkeypatch):
+    from layerq_nb.exercises import CHECK_ERRORS, MissingContext, _core
+    v = ex.check("05.4", lambda W, s: (torch_zeros_mask(W), 0))      # handled by the check itself
+    assert v.status == "wrong" and "mask" in v.message and not CHECK_ERRORS
     monkeypatch.setitem(_core.REGISTRY, "99.1", _core.Exercise("99.1", "t", ("f",), lambda f: 1 / 0))
     v = ex.check("99.1", lambda: 1)
-    assert v.status == "wrong" and "could not read your answer (ZeroDivisionError" in v.message
+    assert v.status == "wrong" and "the check could not finish (ZeroDivisionError" in v.message
+    assert CHECK_ERRORS == ["99.1: ZeroDivisionError: division by zero"]
+    CHECK_ERRORS.clear()                    # meant here: the autouse fixture fails any other test that has one
+
+    def out_of_memory(f):
+        raise MemoryError
+    monkeypatch.setitem(_core.REGISTRY, "99.2", _core.Exercise("99.2", "t", ("f",), out_of_memory))
+    with pytest.raises(MemoryError):        # not the answer's fault: no verdict
+        ex.check("99.2", lambda: 1)
     monkeypatch.setenv("LAYERQ_EXERCISES", "blank")       # CI's modes see the checker's own error
     with pytest.raises(ZeroDivisionError):
         ex.check("99.1", lambda: 1)
     monkeypatch.setenv("LAYERQ_EXERCISES", "learn")
-    with pytest.raises(TypeError, match=r"ex.check\('01.3', ...\): got an unexpected keyword argument 'model'"):
+    with pytest.raises(MissingContext, match=r"ex.check\('01.3', ...\): got an unexpected keyword argument 'model'"):
         ex.check("01.3", 3, model=None)
+    with pytest.raises(MissingContext, match="pass the model"):
+        ex.check("07.1", 12)
+    assert ex.check("07.1", None).status == "unanswered"          # a blank answer whatever the call passes
+
+
+def test_call_outside_a_check_starts_fresh():
+    from layerq_nb.exercises import ReturnedNone
+    ex.check("07.2", lambda n, r, w: list(range(r, n, w)))          # a check whose answer returned results
+    with pytest.raises(NotAnswered):
+        ex.call(lambda x: None, 1)
+    assert not issubclass(NotAnswered, ReturnedNone)
 
 
 def torch_zeros_mask(W):

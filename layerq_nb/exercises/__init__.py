@@ -14,11 +14,14 @@ import importlib
 import os
 
 from ._core import (
+    CHECK_ERRORS,
     REGISTRY,
     RESULTS,
     Exercise,
     Mismatch,
+    MissingContext,
     NotAnswered,
+    ReturnedNone,
     Verdict,
     call,
     check,
@@ -35,7 +38,7 @@ from ._core import (
 from .reveal import hint, solution
 
 __all__ = ["check", "hint", "solution", "passed", "progress", "exercises", "solution_code", "Exercise", "Verdict",
-           "Mismatch", "NotAnswered", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode",
+           "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode",
            "REGISTRY", "RESULTS", "get", "run_solution"]
 
 NOTEBOOKS = tuple(f"{i:02d}" for i in range(8))

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Exercise", "Verdict", "Mismatch", "NotAnswered", "ReturnedNone", "exercise", "check", "call", "close", "equal",
+__all__ = ["Exercise", "Verdict", "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "exercise", "check", "call", "close", "equal",
            "instance_rng", "mode", "passed", "progress", "REGISTRY", "RESULTS"]
 
 MODES = ("learn", "solve", "blank")
@@ -40,6 +40,11 @@ POINTS = {"build": 3, "number": 1}       # building a stage weighs more than rea
 
 class Mismatch(Exception):
     """A wrong answer; the message says on which hidden instance and how it differs."""
+
+
+class MissingContext(TypeError):
+    """A check called without the context its exercise needs (the model, a result): the notebook's call
+    was edited. Raised, never turned into a verdict; the message shows the call."""
 
 
 class NotAnswered(Exception):
@@ -79,6 +84,7 @@ class Verdict:
 
 REGISTRY: dict[str, Exercise] = {}
 RESULTS: dict[str, Verdict] = {}              # the latest verdict per exercise in this kernel
+CHECK_ERRORS: list[str] = []                  # checker errors shown as a verdict in learn mode (tests assert none)
 
 
 def exercise(key: str, *, title: str, answer: str | tuple[str, ...], kind: str = "build",
@@ -138,8 +144,10 @@ def _fingerprint(value):
         parts = tuple(_fingerprint(v) for v in value)
         return ("seq", parts) if any(p is not None for p in parts) else None
     if isinstance(value, np.ndarray):
-        data = np.ascontiguousarray(value)
-        return (data.shape, data.dtype.str, hashlib.blake2b(data.view(np.uint8).reshape(-1)).hexdigest())
+        if value.dtype.hasobject:            # no fixed bytes to digest
+            return None
+        data = np.ascontiguousarray(value).reshape(-1)
+        return (value.shape, data.dtype.str, hashlib.blake2b(data.view(np.uint8)).hexdigest())
     if hasattr(value, "detach") and hasattr(value, "untyped_storage"):       # a torch tensor
         import torch
         data = value.detach().cpu().contiguous()
@@ -149,6 +157,8 @@ def _fingerprint(value):
 
 
 def _argument_names(fn, args, kwargs) -> list[str]:
+    """The learner's parameter name for each argument passed (for messages), "argument i" where the
+    signature cannot say."""
     try:
         bound = inspect.signature(fn).bind_partial(*args, **kwargs)
         by_id = {id(v): name for name, v in bound.arguments.items()}
@@ -305,11 +315,14 @@ def run_solution(key: str, namespace: dict) -> tuple:
 
 @contextlib.contextmanager
 def _random_state_kept():
-    """numpy's and torch's global random state (CPU, and CUDA where torch has it) restored after a check:
+    """numpy's and torch's global random state (CPU, CUDA once initialised, MPS) restored after a check:
     building hidden instances (an nn.Linear's default init) or the learner's own draws inside the check
     must not change what the notebook's next random draw gives."""
     state = np.random.get_state()
     torch = sys.modules.get("torch")
+    mps = None
+    if torch is not None and torch.backends.mps.is_available():
+        mps = torch.mps.get_rng_state()
     try:
         if torch is None:
             yield
@@ -320,25 +333,34 @@ def _random_state_kept():
                 yield
     finally:
         np.random.set_state(state)
+        if mps is not None:
+            torch.mps.set_rng_state(mps)
 
 
 def check(key: str, *answer, **context) -> Verdict:
     """Check the learner's `answer` to exercise `key` (the names it asks for, in order) on its hidden
-    instances; `context` passes what the checker needs from the notebook (the model, a result)."""
+    instances; `context` passes what the checker needs from the notebook (the model, a result).
+
+    The check keeps numpy's and torch's global random state. A call without the context the checker
+    needs raises `MissingContext`. In learn mode an error of the checker itself (an answer of a shape it
+    did not foresee) becomes a "wrong" verdict that says the check could not finish, and is recorded in
+    CHECK_ERRORS; solve and blank mode raise it."""
     ex = get(key)
     current = mode()
     if current == "solve":
         answer = run_solution(key, _namespace())
     if len(answer) != len(ex.answer):
         raise TypeError(f"ex.check({key!r}, ...) takes {len(ex.answer)} answer(s): {', '.join(ex.answer)}")
-    _RETURNED["any"] = False
-    try:
-        if any(_blank(a) for a in answer):
-            raise NotAnswered("")
+    blank = any(_blank(a) for a in answer)
+    if not blank:      # a blank answer is "not answered" whatever the call passes
         try:
             inspect.signature(ex.checker).bind(*answer, **context)
         except TypeError as error:
-            raise TypeError(f"ex.check({key!r}, ...): {error}; the notebook's own call shows what to pass") from None
+            raise MissingContext(f"ex.check({key!r}, ...): {error}; the notebook's own call shows what to pass") from None
+    _RETURNED["any"] = False
+    try:
+        if blank:
+            raise NotAnswered("")
         with _random_state_kept():
             message = ex.checker(*answer, **context)
         verdict = Verdict(key, "passed", message or "", ex.points, ex.points)
@@ -346,12 +368,17 @@ def check(key: str, *answer, **context) -> Verdict:
         verdict = Verdict(key, "unanswered", str(why), 0, ex.points)
     except Mismatch as why:
         verdict = Verdict(key, "wrong", str(why), 0, ex.points)
-    except Exception as error:   # noqa: BLE001 - an answer of a shape the checker did not foresee
-        if current != "learn" or str(error).startswith("ex.check("):     # or a call without its context
+    except (MissingContext, MemoryError):
+        raise
+    except Exception as error:   # noqa: BLE001 - a learner's notebook gets a verdict, not a traceback
+        if current != "learn" or type(error).__name__ == "OutOfMemoryError":
             raise
-        verdict = Verdict(key, "wrong", f"the check could not read your answer ({type(error).__name__}: "
-                          f"{str(error)[:300]}); compare what your code returns with what the exercise asks for",
-                          0, ex.points)
+        CHECK_ERRORS.append(f"{key}: {type(error).__name__}: {error}")
+        verdict = Verdict(key, "wrong", f"the check could not finish ({type(error).__name__}: {str(error)[:300]}). "
+                          "Most often the answer has another type or shape than the exercise asks for: compare what "
+                          "your code returns with the exercise's text", 0, ex.points)
+    finally:
+        _RETURNED["any"] = False
     RESULTS[key] = verdict
     _show(ex, verdict)
     if current == "solve" and not verdict:

@@ -6,7 +6,7 @@ import contextlib
 
 import numpy as np
 
-from ._core import Mismatch, NotAnswered, call, close, exercise, instance_rng
+from ._core import Mismatch, MissingContext, NotAnswered, _low_precision, call, close, exercise, instance_rng
 
 IGNORE = -100
 
@@ -156,9 +156,8 @@ def _weight_grad(weight_grad, model=None, blocks=None) -> str:
             raise Mismatch(f"{why}. (Here a and b are (B, T, d): flatten them to (B*T, d) before the product.)") from None
         # a float32 accumulator is a fair way to sum b_t a_t^T (autograd's own on a float32 model): its
         # rounding, not a mistake, is what 1e-5 lets through
-        narrow = str(getattr(got, "dtype", "")).replace("torch.", "") in ("float32", "float16", "bfloat16")
         try:
-            close(got, expected, where=where, rtol=1e-5 if narrow else 1e-6, atol=1e-10, what="weight gradient")
+            close(got, expected, where=where, rtol=1e-5 if _low_precision(got) else 1e-6, atol=1e-10, what="weight gradient")
         except Mismatch as why:
             raise Mismatch(str(why) + _factor_note(got, expected, tokens)) from None
     if model is None or blocks is None:
@@ -296,7 +295,7 @@ def _layer_grad_norms(layer_grad_norms, grads=None, n_layers=None) -> str:
                  "np.argmax returns the index of the largest entry."))
 def _largest_layer(k, iso=None) -> str:
     if iso is None:
-        raise TypeError('ex.check("01.3", k, iso=iso): pass the isolation result')
+        raise MissingContext('ex.check("01.3", k, iso=iso): pass the isolation result')
     best = int(np.argmax(iso.layer_norm2))
     try:
         if isinstance(k, (str, bytes, bool)) or getattr(k, "ndim", 0) != 0:

@@ -8,7 +8,7 @@ from itertools import permutations
 
 import numpy as np
 
-from ._core import Mismatch, call, close, equal, exercise, instance_rng
+from ._core import Mismatch, MissingContext, call, close, equal, exercise, instance_rng
 
 # ----------------------------------------------------------------------------- 03.1 LayerIF, identity curvature
 
@@ -83,6 +83,7 @@ def _influence_identity(influence_identity, model=None, train=None, validation=N
     # a learner may freeze parameters for speed: the cached tiny model and the notebook's model get their
     # flags back, or the next check (the shipped solution's too) fails in the same kernel
     flags = [(p, p.requires_grad) for m in (tiny, model) if m is not None for p in m.parameters()]
+    grads = [] if model is None else [(p, p.grad) for p in model.parameters()]
     cases = [  # (layer k, damping, train blocks, validation blocks, block size, masked prompt tokens)
         (1, 0.1, 3, 2, 12, False),
         (0, 1.0, 4, 1, 20, True),
@@ -114,8 +115,8 @@ def _influence_identity(influence_identity, model=None, train=None, validation=N
         for p, flag in flags:
             p.requires_grad_(flag)
         tiny.zero_grad(set_to_none=True)
-        if model is not None:
-            model.zero_grad(set_to_none=True)
+        for p, g in grads:           # the learner's own .grad, if any, as it was
+            p.grad = g
     return ("with H = lambda I, LayerIF is a damped gradient inner product, I_k(z_i) = -g_V . g_i / lambda; "
             "the package gets the same numbers without storing a per-example gradient.")
 
@@ -250,17 +251,21 @@ def _permutation_shapley(permutation_shapley, value=None, n_players=None, exact=
                  "of it. List the layer indices whose drop reaches it."))
 def _cornerstones(cornerstone_layers, result=None, fraction: float = 0.5) -> str:
     if result is None:
-        raise TypeError('ex.check("03.3", cornerstone_layers, result=cs) needs the cornerstone result')
+        raise MissingContext('ex.check("03.3", cornerstone_layers, result=cs) needs the cornerstone result')
     n_layers = len(result.drop)
-    entries = list(np.asarray(cornerstone_layers).ravel()) if hasattr(cornerstone_layers, "__len__") else None
-    if entries is not None and (np.asarray(cornerstone_layers).dtype == bool
-                                or (len(entries) == n_layers > 2 and set(np.asarray(entries).tolist()) <= {0, 1})):
+    try:
+        if isinstance(cornerstone_layers, (str, bytes)):
+            raise TypeError
+        entries = list(np.asarray(cornerstone_layers).ravel()) if hasattr(cornerstone_layers, "shape") \
+            else list(cornerstone_layers)                 # any iterable: a list, a set, a generator
+    except (TypeError, ValueError):
+        raise Mismatch(f"give a list of layer indices, got {cornerstone_layers!r}") from None
+    if any(isinstance(i, (bool, np.bool_)) for i in entries) \
+            or (len(entries) == n_layers > 2 and all(i in (0, 1) for i in entries)):
         raise Mismatch("that is a mask over the layers (one True/False or 0/1 per layer); give the indices of the "
                        "cornerstone layers (np.flatnonzero(mask))")
     try:
-        if isinstance(cornerstone_layers, (str, bytes)) or any(isinstance(i, (bool, np.bool_)) for i in entries):
-            raise TypeError
-        got = sorted(int(i) for i in cornerstone_layers)
+        got = sorted(int(i) for i in entries)
     except (TypeError, ValueError):
         raise Mismatch(f"give a list of layer indices, got {cornerstone_layers!r}") from None
     if any(not 0 <= i < n_layers for i in got):

@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._core import Mismatch, call, close, exercise, instance_rng
+from ._core import Mismatch, MissingContext, call, close, exercise, instance_rng
 
 
 def _simplex(q) -> np.ndarray:
@@ -31,7 +31,7 @@ def _objective(q, x, beta) -> float:
 def _delta(delta, q_source=None, q_target=None) -> str:
     from ..mdl import normalise
     if q_source is None or q_target is None:
-        raise TypeError('ex.check("06.1", delta, q_source=..., q_target=...): pass both raw score vectors')
+        raise MissingContext('ex.check("06.1", delta, q_source=..., q_target=...): pass both raw score vectors')
     expected = float(np.linalg.norm(normalise(q_target) - normalise(q_source)))
     try:
         got = float(delta)

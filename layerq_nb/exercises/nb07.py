@@ -22,7 +22,7 @@ from datetime import timedelta
 
 import numpy as np
 
-from ._core import Mismatch, NotAnswered, ReturnedNone, call, close, exercise, instance_rng
+from ._core import Mismatch, MissingContext, NotAnswered, ReturnedNone, call, close, exercise, instance_rng
 
 __all__ = ["NarrowTensor", "RankFailure", "package_reduce_factor", "package_shard", "run_on_ranks"]
 
@@ -171,7 +171,7 @@ def run_on_ranks(fn, world_size: int = 2, *args, calls=None, timeout: float = 60
                  "bfloat16 is a 16-bit format: 1 sign bit, 8 exponent bits, 7 mantissa bits. How many bytes is that?"))
 def _bf16_bytes(bf16_bytes, model=None) -> str:
     if model is None:
-        raise TypeError('ex.check("07.1", bf16_bytes, model=model): pass the model')
+        raise MissingContext('ex.check("07.1", bf16_bytes, model=model): pass the model')
     n = sum(p.numel() for p in model.parameters())
     try:
         value = float(bf16_bytes)
@@ -349,8 +349,8 @@ def _reduce_factor(reduce_factor, inputs=None) -> str:
                                    "all-reduce every rank holds the total, so every rank returns it")
                 kind = got.dtype if isinstance(got, NarrowTensor) else getattr(got, "dtype", None)
                 if kind is not None and str(kind) != "float64":
-                    name_ = kind if isinstance(kind, str) else np.dtype(kind).name
-                    raise Mismatch(f"{where}: A came back as {name_}, the blocks are float64: start from zeros "
+                    dtype_name = kind if isinstance(kind, str) else np.dtype(kind).name
+                    raise Mismatch(f"{where}: A came back as {dtype_name}, the blocks are float64: start from zeros "
                                    "with the blocks' dtype (blocks[0].dtype), or the sum loses digits the float64 "
                                    "statistics keep")
                 try:
