@@ -99,7 +99,7 @@ def per_position(logits, labels):
     (masked_counted, "masked targets are counted"),
     (summed, "the sum, not the mean"),
     (mean_of_rows, "each row's mean"),
-    (per_position, "return one number"),
+    (per_position, "should be one number"),
 ])
 def test_00_2_wrong_answers(wrong, fragment):
     v = ex.check("00.2", wrong)

@@ -132,6 +132,11 @@ def test_01_1_keeps_the_learners_own_grads_and_accepts_a_float32_sum(tiny, prose
     assert ex.check("01.1", float32_loop)
 
 
+def test_01_1_wants_a_tensor():
+    v = ex.check("01.1", lambda module, loss_fn: hooked(module, loss_fn, "ok").detach().numpy())
+    assert v.status == "wrong" and "return a torch tensor" in v.message
+
+
 def test_01_1_raising_answer_is_contained():
     def returns_a_tuple_from_the_hook(module, loss_fn):
         saved = {}

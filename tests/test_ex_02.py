@@ -91,7 +91,7 @@ def test_02_3_kfac_factors(module_data):
     real = {k: module_data[k] for k in ("a", "b", "n_targets")}
     assert ex.check("02.3", _solution("02.3"), **real)
     as_torch = lambda a, b, n: (torch.tensor(a).T @ torch.tensor(a) / len(a), torch.tensor(b).T @ torch.tensor(b) / n)
-    assert ex.check("02.3", as_torch, **real)                                  # tensors are fine too
+    _wrong("02.3", as_torch, "return numpy arrays (A, G)")       # cell 21 slices them and cell 26 hands them on
     assert ex.check("02.3", None, **real).status == "unanswered"
     _wrong("02.3", lambda a, b, n: (a.T @ a / n, b.T @ b / n), "not over N")
     _wrong("02.3", lambda a, b, n: (a.T @ a / len(a), b.T @ b / len(b)), "not over the T positions")

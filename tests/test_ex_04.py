@@ -68,6 +68,26 @@ def test_04_1_an_answer_that_overwrites_the_scores_is_wrong():
     assert v.status == "wrong" and "changed its input `q` in place" in v.message
 
 
+def test_04_1_and_04_3_want_the_numpy_arrays_the_notebook_computes_with():
+    import torch
+    v = verdict("04.1", lambda nu, q, c, beta, lower, upper: np.clip(q / (nu * c) - beta, lower, upper).tolist())
+    assert v.status == "wrong" and "return a numpy array" in v.message
+    v = verdict("04.1", lambda nu, q, c, beta, lower, upper: torch.as_tensor(np.clip(q / (nu * c) - beta, lower, upper)))
+    assert v.status == "wrong" and "got a Tensor" in v.message
+    solved = cvx(lambda r, q, beta: q @ cp.log1p(r / beta), all_bounds)
+    v = verdict("04.3", lambda *args: solved(*args).reshape(1, -1))
+    assert v.status == "wrong" and "cp.Variable(K)" in v.message
+
+
+def test_04_2_wants_one_number():
+    import torch
+    ns = namespace()
+    (allocation_at,) = ex.run_solution("04.1", ns)
+    (bisect_nu,) = ex.run_solution("04.2", ns)
+    v = verdict("04.2", lambda spend, budget: torch.tensor([bisect_nu(spend, budget)]))
+    assert v.status == "wrong" and "one number" in v.message and ".item()" in v.message
+
+
 def test_04_1_raising_answer_is_contained():
     v = verdict("04.1", lambda nu, q, c, beta, lower, upper: q / nu / c[5])
     assert v.status == "wrong" and "raised IndexError" in v.message

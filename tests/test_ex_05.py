@@ -115,7 +115,8 @@ def test_prune_map(tiny):
             lo, hi = (mid, hi) if n @ sparsity_at(mid, q, n, lower, upper) < S * n.sum() else (lo, mid)
         return sparsity_at(hi, q, n, lower, upper)
     _wrong("05.3", fixed_bracket, fragment="hidden instance 5")
-    _wrong("05.3", lambda q, S, n, lo, hi: (np.full(len(q), S), 1.0), fragment="an array of K numbers")
+    _wrong("05.3", lambda q, S, n, lo, hi: (np.full(len(q), S), 1.0), fragment="a numpy array of K numbers")
+    _wrong("05.3", lambda q, S, n, lo, hi: torch.as_tensor(fn(q, S, n, lo, hi)), fragment="got a Tensor")
     _wrong("05.3", lambda q, S, n, lo, hi: lq.prune(q, S, sizes=n, lower=lo, upper=hi), fragment="got a Solution")
     # float32 is precise enough for a sparsity map: its rounding at a bound is no clipping mistake
     assert ex.check("05.3", lambda q, S, n, lo, hi: fn(q, S, n, lo, hi).astype(np.float32))

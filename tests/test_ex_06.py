@@ -172,6 +172,13 @@ def test_06_3_blank_and_wrong_answers():
     assert v.status == "wrong" and "(regrets, slope)" in v.message
     v = ex.check("06.3", _curve_variant("no_upper"))     # its diagnosis tries slips whose scores go negative
     assert v.status == "wrong" and "upper bound 3" in v.message
+    fn = _curve_variant("right")
+    v = ex.check("06.3", lambda *a, **k: (torch.as_tensor(fn(*a, **k)[0]), fn(*a, **k)[1]))
+    assert v.status == "wrong" and "numpy array (or a list)" in v.message
+    v = ex.check("06.3", lambda *a, **k: (fn(*a, **k)[0], np.array([fn(*a, **k)[1]])))
+    assert v.status == "wrong" and "slope should be one number" in v.message
+    v = ex.check("06.2", lambda *a, **k: torch.tensor([_regret_variant("float32")(*a, **k)]))
+    assert v.status == "wrong" and "regret should be one number" in v.message
     v = ex.check("06.3", lambda *a, **k: 1 / 0)
     assert v.status == "wrong" and "ZeroDivisionError" in v.message
 

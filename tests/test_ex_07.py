@@ -68,7 +68,10 @@ def test_07_2_solution_blank_and_wrong():
     v = ex.check("07.2", lambda n, rank, world: n // 0)
     assert v.status == "wrong" and "ZeroDivisionError" in v.message
     v = ex.check("07.2", lambda n, rank, world: 3)
-    assert v.status == "wrong" and "list of ints" in v.message
+    assert v.status == "wrong" and "as ints" in v.message
+    v = ex.check("07.2", lambda n, rank, world: [float(i) for i in range(rank, n, world)])   # blocks[2.0] fails
+    assert v.status == "wrong" and "as ints" in v.message
+    assert ex.check("07.2", lambda n, rank, world: np.arange(rank, n, world))            # numpy ints are ints
     v = ex.check("07.2", lambda n, rank, world: list(range(rank, n, world))[::-1])     # right blocks, wrong order
     assert v.status == "wrong" and "increasing order" in v.message and "partition" not in v.message
     v = ex.check("07.2", lambda n, rank, world: list(range(rank, n, world)) or None)   # None for an empty shard

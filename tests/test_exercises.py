@@ -5,6 +5,8 @@ away, and a solution. (Each notebook's own checks are tested against wrong answe
 and every solution runs in its notebook in tests/test_notebooks_solved.py.)"""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -147,6 +149,16 @@ def test_call_outside_a_check_starts_fresh():
 def torch_zeros_mask(W):
     import torch
     return torch.zeros(W.shape, dtype=torch.bool)
+
+
+def test_one_number_takes_scalars_and_0d_values_only():
+    import torch
+    for value in (2.5, np.float32(2.5), np.array(2.5), torch.tensor(2.5, dtype=torch.float64), 2):
+        assert ex.one_number(value) == 2.5 or value == 2
+    for value, fragment in (([2.5], "shape (1,)"), (np.array([2.5]), ".item()"), (torch.tensor([[2.5]]), "shape (1, 1)"),
+                            ("2.5", "not a number"), (True, "not a number"), (None, "not a number")):
+        with pytest.raises(Mismatch, match=re.escape(fragment)):
+            ex.one_number(value, where="case 1", what="x")
 
 
 def test_close_says_how_answers_differ():

@@ -31,6 +31,7 @@ from ._core import (
     get,
     instance_rng,
     mode,
+    one_number,
     passed,
     progress,
     run_solution,
@@ -38,7 +39,7 @@ from ._core import (
 from .reveal import hint, solution
 
 __all__ = ["check", "hint", "solution", "passed", "progress", "exercises", "solution_code", "Exercise", "Verdict",
-           "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode",
+           "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode", "one_number",
            "REGISTRY", "RESULTS", "get", "run_solution"]
 
 NOTEBOOKS = tuple(f"{i:02d}" for i in range(8))

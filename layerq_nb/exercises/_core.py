@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Exercise", "Verdict", "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "exercise", "check", "call", "close", "equal",
+__all__ = ["one_number", "Exercise", "Verdict", "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "exercise", "check", "call", "close", "equal",
            "instance_rng", "mode", "passed", "progress", "REGISTRY", "RESULTS"]
 
 MODES = ("learn", "solve", "blank")
@@ -206,6 +206,24 @@ def _numpy(x) -> np.ndarray:
     if hasattr(x, "detach"):                 # a torch tensor, without importing torch here
         x = x.detach().cpu().double().numpy()
     return np.asarray(x)
+
+
+def one_number(value, *, where: str = "", what: str = "result") -> float:
+    """A learner's number as a float: a Python or numpy scalar, or a 0-d array or tensor. A 1-element array
+    is refused, not unwrapped: the notebook's later cells format the answer (f"{x:.3f}") and stack it with
+    others, which a shape-(1,) value breaks."""
+    prefix = f"{where}: " if where else ""
+    try:
+        if value is None or isinstance(value, (str, bytes, bool)):
+            raise TypeError
+        array = np.asarray(value.detach().cpu().double() if hasattr(value, "detach") else value, dtype=float)
+    except (TypeError, ValueError, RuntimeError):
+        raise Mismatch(f"{prefix}your {what} is a {type(value).__name__}, not a number") from None
+    if array.ndim != 0:
+        fix = " (take it out with .item() or float(...))" if array.size == 1 else ""
+        raise Mismatch(f"{prefix}your {what} should be one number (a float or a 0-d tensor), got an array of shape "
+                       f"{array.shape}{fix}")
+    return float(array)
 
 
 def _describe(a: np.ndarray) -> str:

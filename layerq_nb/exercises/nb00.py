@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from ._core import Mismatch, MissingContext, NotAnswered, call, close, exercise, instance_rng
+from ._core import Mismatch, MissingContext, NotAnswered, call, close, exercise, instance_rng, one_number
 
 IGNORE = -100          # the label value that no loss is taken on (PyTorch's cross-entropy default)
 
@@ -79,13 +79,7 @@ def _nll_reference(logits, labels) -> float:
 
 def _scalar(value, where: str) -> float:
     """The learner's result as one float, or a Mismatch saying what it is instead."""
-    try:
-        arr = np.asarray(value.detach().cpu().double() if hasattr(value, "detach") else value, dtype=float)
-    except (TypeError, ValueError):
-        raise Mismatch(f"{where}: return one number (a float or a 0-d tensor), got a {type(value).__name__}") from None
-    if arr.size != 1:
-        raise Mismatch(f"{where}: return one number, the mean over all targets; got shape {arr.shape}")
-    return float(arr.reshape(()))
+    return one_number(value, where=where, what="mean NLL")
 
 
 def _nll_diagnosis(got: float, logits, labels) -> str:

@@ -154,6 +154,9 @@ def _weight_grad(weight_grad, model=None, blocks=None) -> str:
             if x.ndim < 3 or "your function raised" not in str(why):
                 raise
             raise Mismatch(f"{why}. (Here a and b are (B, T, d): flatten them to (B*T, d) before the product.)") from None
+        if not isinstance(got, torch.Tensor):        # the notebook's next cell takes g.norm() of it
+            raise Mismatch(f"{where}: return a torch tensor (b.T @ a on the hooked tensors), got a "
+                           f"{type(got).__name__}")
         # a float32 accumulator is a fair way to sum b_t a_t^T (autograd's own on a float32 model): its
         # rounding, not a mistake, is what 1e-5 lets through
         try:
@@ -264,9 +267,9 @@ def _layer_grad_norms(layer_grad_norms, grads=None, n_layers=None) -> str:
         where = f"hidden instance {i + 1} ({what})"
         expected = _layer_norm2(case, k)
         got = call(layer_grad_norms, dict(case), k, where=where)
-        if not (isinstance(got, np.ndarray) or hasattr(got, "detach")):
+        if not isinstance(got, np.ndarray):
             raise Mismatch(f"{where}: return a NumPy array (start from np.zeros(n_layers)), got a "
-                           f"{type(got).__name__}: the next cells compute with it (norm2 / norm2.sum())")
+                           f"{type(got).__name__}: the next cells compute and plot with it (norm2 / norm2.sum())")
         try:
             close(got, expected, where=where, rtol=1e-5, atol=1e-9, what="||g_k||^2 per layer")
         except Mismatch as why:

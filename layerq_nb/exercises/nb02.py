@@ -11,7 +11,7 @@ from __future__ import annotations
 # cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import numpy as np
 
-from ._core import Mismatch, _low_precision, call, close, exercise, instance_rng
+from ._core import Mismatch, _low_precision, call, close, exercise, instance_rng, one_number
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -24,14 +24,8 @@ def _psd(rng: np.random.Generator, d: int, rank: int | None = None, scale: float
 
 
 def _scalar(got, where: str, what: str) -> float:
-    """A learner's number as a float (a 1-element array or tensor is accepted)."""
-    try:
-        value = np.asarray(got.detach().cpu().double() if hasattr(got, "detach") else got, dtype=float)
-    except (TypeError, ValueError):
-        raise Mismatch(f"{where}: your {what} is a {type(got).__name__}, not a number") from None
-    if value.size != 1:
-        raise Mismatch(f"{where}: your {what} should be one number, got an array of shape {value.shape}")
-    return float(value.reshape(()))
+    """A learner's number as a float (`one_number`: a scalar or a 0-d array or tensor)."""
+    return one_number(got, where=where, what=what)
 
 
 def _any_low_precision(*values) -> bool:
@@ -183,6 +177,9 @@ def _kfac_factors(kfac_factors, a=None, b=None, n_targets=None) -> str:
     for a_i, b_i, N, where in instances:
         T = a_i.shape[0]
         A_got, G_got = _pair(call(kfac_factors, a_i.copy(), b_i.copy(), N, where=where), where, "A, G")
+        if not all(isinstance(x, np.ndarray) for x in (A_got, G_got)):   # later cells slice them, np.linalg them
+            raise Mismatch(f"{where}: return numpy arrays (A, G), like the inputs a and b; got "
+                           f"({type(A_got).__name__}, {type(G_got).__name__})")
         A_got, G_got = _as_array(A_got, where, "A"), _as_array(G_got, where, "G")
         A, G = package_factors(a_i, b_i, N)
         _close_or_explain(A_got, A, {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._core import Mismatch, NotAnswered, ReturnedNone, call, close, exercise, instance_rng
+from ._core import Mismatch, NotAnswered, ReturnedNone, call, close, exercise, instance_rng, one_number
 
 
 def _program_a_instance(rng: np.random.Generator, k: int):
@@ -48,6 +48,8 @@ def _allocation_at(allocation_at) -> str:
         expected = _package_x_of_nu(nu, q, cost, beta, lower, upper)
         where = f"hidden instance {i + 1} (K = {k}, nu = {nu}, {bounds})"
         got = call(allocation_at, nu, q, cost, beta, lower, upper, where=where)
+        if not isinstance(got, np.ndarray):       # the notebook's later cells mask and multiply it with arrays
+            raise Mismatch(f"{where}: return a numpy array (np.clip gives one), got a {type(got).__name__}")
         close(got, expected, where=where, rtol=1e-9, atol=1e-9, what="allocation")
     return ("one dual price nu sets every layer's allocation: r_k(nu) = clip(q_k / (nu c_k) - beta_k, lower_k, upper_k), "
             "a zero-score layer stays at its lower bound.")
@@ -109,11 +111,7 @@ def _bisect_nu(bisect_nu) -> str:
                                "stop? (Stop when hi / lo is within 1e-12 of 1, or after a fixed number of halvings.)")
             return float(cost @ _package_x_of_nu(float(nu), q, cost, beta, lower, upper))
 
-        got = call(bisect_nu, spend, budget, where=where)
-        try:
-            nu = float(got)
-        except (TypeError, ValueError):
-            raise Mismatch(f"{where}: return nu as one number, got {type(got).__name__}") from None
+        nu = one_number(call(bisect_nu, spend, budget, where=where), where=where, what="nu")
         if not np.isfinite(nu) or nu <= 0:
             raise Mismatch(f"{where}: nu must be a finite positive price, got {nu}")
         spent = spend(nu)
@@ -181,12 +179,11 @@ def _program_a_cvxpy(program_a_cvxpy) -> str:
         except ReturnedNone:
             raise Mismatch(f"{where}: your function returned None: r.value is None when problem.solve() did not "
                            "reach 'optimal' (print problem.status: infeasible? unbounded?)") from None
-        try:
-            r = np.asarray(got, dtype=float).reshape(-1)
-        except (TypeError, ValueError):
-            raise Mismatch(f"{where}: return r.value, a numpy array of K numbers; got {type(got).__name__}") from None
-        if r.shape != sol.x.shape:
-            raise Mismatch(f"{where}: expected r of shape {sol.x.shape}, got {r.shape}")
+        if not isinstance(got, np.ndarray):
+            raise Mismatch(f"{where}: return r.value, a numpy array of K numbers; got a {type(got).__name__}")
+        if got.shape != sol.x.shape:              # r.value of cp.Variable(K); the notebook computes cost @ r
+            raise Mismatch(f"{where}: expected r of shape {sol.x.shape} (cp.Variable(K)), got {got.shape}")
+        r = got.astype(float)
         if not np.all(np.isfinite(r)):
             raise Mismatch(f"{where}: r has nan or inf: did the solve succeed (problem.status == 'optimal')?")
         scale = max(1.0, float(np.max(np.abs(sol.x))))

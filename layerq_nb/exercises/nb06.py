@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from ._core import Mismatch, MissingContext, call, close, exercise, instance_rng
+from ._core import Mismatch, MissingContext, call, close, exercise, instance_rng, one_number
 
 
 def _simplex(q) -> np.ndarray:
@@ -89,11 +89,8 @@ def _realised_regret(realised_regret, q_source=None, q_target=None, budget=None)
     for name, q_s, q_t, b, beta, upper in _regret_instances(q_source, q_target, budget):
         where = f"hidden instance '{name}'"
         expected = regret_bound(q_s, q_t, b, beta=beta, upper=upper).regret
-        got = call(realised_regret, q_s.copy(), q_t.copy(), b, beta=beta, upper=upper, where=where)
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            raise Mismatch(f"{where}: return one number (the regret), got a {type(got).__name__}") from None
+        got = one_number(call(realised_regret, q_s.copy(), q_t.copy(), b, beta=beta, upper=upper, where=where),
+                         where=where, what="regret")
         if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-12):
             continue
         x_s = allocate(q_s, b, beta=beta, upper=upper).x
@@ -184,10 +181,13 @@ def _regret_curve(regret_curve, q_target=None, budget=None) -> str:
             raise Mismatch(f"{where}: return a pair (regrets, slope): one regret per delta and the fitted slope")
         regrets, got_slope = out
         try:
+            if hasattr(regrets, "detach"):        # the notebook then compares them with numpy arrays
+                raise TypeError
             regrets = np.asarray(regrets, dtype=float)
-            got_slope = float(got_slope)
         except (TypeError, ValueError):
-            raise Mismatch(f"{where}: regrets should be numbers (one per delta) and the slope one number") from None
+            raise Mismatch(f"{where}: return the regrets as a numpy array (or a list), one per delta; got a "
+                           f"{type(regrets).__name__}") from None
+        got_slope = one_number(got_slope, where=where, what="slope")
         if regrets.shape != expected.shape:
             raise Mismatch(f"{where}: expected {expected.size} regrets (one per delta), got shape {regrets.shape}")
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 # cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import contextlib
 import multiprocessing as mp
+import operator
 import os
 import pickle
 import queue as queue_module
@@ -221,9 +222,10 @@ def _shard(shard) -> str:
             raise Mismatch(f"{where}: your function returned None; return a list, [] when this rank's shard is "
                            "empty") from None
         try:
-            got = [int(x) for x in got]
-        except (TypeError, ValueError):
-            raise Mismatch(f"{where}: return the block indices as a list of ints, got {got!r}") from None
+            got = [operator.index(x) for x in got]      # ints only: reduce_factor indexes blocks[i] with them
+        except TypeError:
+            raise Mismatch(f"{where}: return the block indices as ints, e.g. range(rank, n_blocks, world_size); "
+                           f"got {got!r}") from None
         expected = package_shard(n, rank, world)
         if got == expected:
             continue
