@@ -123,8 +123,8 @@ def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str 
     options = CurvatureOptions(curvature, damping, damping_mode, fisher).require_factored("layer_influence")
     found = find_layers(model)
     wanted = None if only is None else frozenset(int(i) for i in only)
-    if wanted is not None and not all(0 <= i < len(found) for i in wanted):
-        raise ValueError(f"only must hold layer indices 0 .. {len(found) - 1}, got {sorted(wanted)}")
+    if wanted is not None and (not wanted or not all(0 <= i < len(found) for i in wanted)):
+        raise ValueError(f"only must hold one or more layer indices 0 .. {len(found) - 1}, got {sorted(wanted)}")
     groups = [g for g in ((group if wanted is None else wanted if group is None else group & wanted)
                           for group in layer_groups(len(found), layers_per_pass)) if g is None or g]
     # both sets of blocks checked before the first (long) pass
