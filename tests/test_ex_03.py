@@ -206,3 +206,8 @@ def test_03_3_solution_blank_and_wrong():
         assert v.status == "wrong" and "np.flatnonzero" in v.message, v.message
     v = ex.check("03.3", [0, 3, 99], result=cs)
     assert v.status == "wrong" and "numbered 0 .. 5" in v.message
+    at_chance = Cornerstone(full_loss=10.5, dropped_loss=10.5 + cs.drop, empty_loss=12.0, chance_loss=10.0,
+                            names=cs.names)             # a random model: worse than a uniform guess
+    assert ex.check("03.3", [], result=at_chance)
+    v = ex.check("03.3", [0, 3], result=at_chance)
+    assert v.status == "wrong" and "no better than chance" in v.message

@@ -177,7 +177,7 @@ def _kfac_factors(kfac_factors, a=None, b=None, n_targets=None) -> str:
     for a_i, b_i, N, where in instances:
         T = a_i.shape[0]
         A_got, G_got = _pair(call(kfac_factors, a_i.copy(), b_i.copy(), N, where=where), where, "A, G")
-        if not all(isinstance(x, np.ndarray) for x in (A_got, G_got)):   # later cells slice them, np.linalg them
+        if not all(isinstance(x, np.ndarray) for x in (A_got, G_got)):   # tensors here make 02.4's numpy fail
             raise Mismatch(f"{where}: return numpy arrays (A, G), like the inputs a and b; got "
                            f"({type(A_got).__name__}, {type(G_got).__name__})")
         A_got, G_got = _as_array(A_got, where, "A"), _as_array(G_got, where, "G")

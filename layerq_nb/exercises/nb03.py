@@ -276,6 +276,10 @@ def _cornerstones(cornerstone_layers, result=None, fraction: float = 0.5) -> str
         equal(np.isin(np.arange(len(result.drop)), got), np.isin(np.arange(len(result.drop)), expected),
               what="cornerstone mask over the layers")
     except Mismatch:
+        if threshold <= 0:
+            raise Mismatch(f"you listed {got}, but this model is no better than chance (full_loss "
+                           f"{result.full_loss:.3f} >= chance_loss {result.chance_loss:.3f} nats): no layer can take "
+                           "it further towards chance, so there are no cornerstones ([])") from None
         raise Mismatch(f"you listed {got}. A layer is a cornerstone when its drop is >= {fraction} * "
                        f"(chance_loss - full_loss) = {threshold:.3f} nats") from None
     return (f"cornerstones {expected}: dropping any one of them alone costs at least {threshold:.2f} nats, half of the "
