@@ -331,9 +331,8 @@ def ggn_vector_product(model, blocks: Blocks, layer_index: int, v: dict, batch_s
     device = next(model.parameters()).device
     # out of place throughout: `exact_operator` maps this over many v at once (torch.func.vmap)
     with _eager_attention(model), torch.enable_grad():
-        for batch in blocks.batches(batch_size):
-            ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            targets = batch["labels"][:, 1:].to(device)
+        for batch in blocks.batches(batch_size, device=device):
+            ids, mask, targets = batch["input_ids"], batch["attention_mask"], batch["labels"][:, 1:]
 
             def logits_of(th, ids=ids, mask=mask):     # bound now: jvp and vjp call it within this batch
                 return functional_call(model, {**params, **th}, (ids,), {"attention_mask": mask, "use_cache": False}).logits[:, :-1]

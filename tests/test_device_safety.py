@@ -179,6 +179,13 @@ def test_no_tutorial_hands_the_model_cpu_batches():
     assert not found, "\n".join(found)
 
 
+def test_no_package_code_hands_the_model_cpu_batches():
+    found = [problem for path in sorted(PACKAGE.rglob("*.py"))
+             for problem in cpu_batches_fed_to_the_model(path.read_text(encoding="utf-8"),
+                                                         str(path.relative_to(PACKAGE.parent)))]
+    assert not found, "\n".join(found)
+
+
 def test_the_batch_check_bites_and_lets_moved_tensors_through():
     bad = ("for batch in blocks.batches(4):\n    model(**batch)\n"
            "loss = model(input_ids=train.input_ids[i:i + 1], labels=train.labels[i:i + 1]).loss\n")
