@@ -161,6 +161,14 @@ def test_one_number_takes_scalars_and_0d_values_only():
             ex.one_number(value, where="case 1", what="x")
 
 
+def test_whole_number_reads_counts_and_refuses_what_int_would_bend():
+    import torch
+    for value in (3, np.int64(3), 3.0, torch.tensor(3)):
+        assert ex.whole_number(value) == 3
+    for value in ("3", True, 2.7, float("inf"), float("nan"), None, [3]):
+        assert ex.whole_number(value) is None
+
+
 def test_close_says_how_answers_differ():
     e = np.arange(1.0, 7.0).reshape(2, 3)
     ex.close(e * (1 + 1e-9), e)

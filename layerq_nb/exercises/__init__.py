@@ -35,11 +35,12 @@ from ._core import (
     passed,
     progress,
     run_solution,
+    whole_number,
 )
 from .reveal import hint, solution
 
 __all__ = ["check", "hint", "solution", "passed", "progress", "exercises", "solution_code", "Exercise", "Verdict",
-           "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode", "one_number",
+           "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "NoSolutions", "exercise", "call", "close", "equal", "instance_rng", "mode", "one_number", "whole_number",
            "REGISTRY", "RESULTS", "get", "run_solution"]
 
 NOTEBOOKS = tuple(f"{i:02d}" for i in range(8))

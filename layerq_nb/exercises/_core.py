@@ -31,8 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["one_number", "Exercise", "Verdict", "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "CHECK_ERRORS", "exercise", "check", "call", "close", "equal",
-           "instance_rng", "mode", "passed", "progress", "REGISTRY", "RESULTS"]
+__all__ = ["Exercise", "Verdict", "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "exercise", "check",
+           "call", "close", "equal", "one_number", "whole_number", "instance_rng", "mode", "passed", "progress",
+           "REGISTRY", "RESULTS", "CHECK_ERRORS"]
 
 MODES = ("learn", "solve", "blank")
 POINTS = {"build": 3, "number": 1}       # building a stage weighs more than reading off a number
@@ -216,7 +217,7 @@ def one_number(value, *, where: str = "", what: str = "result") -> float:
     try:
         if value is None or isinstance(value, (str, bytes, bool)):
             raise TypeError
-        array = np.asarray(value.detach().cpu().double() if hasattr(value, "detach") else value, dtype=float)
+        array = _numpy(value).astype(float)
     except (TypeError, ValueError, RuntimeError):
         raise Mismatch(f"{prefix}your {what} is a {type(value).__name__}, not a number") from None
     if array.ndim != 0:
@@ -224,6 +225,18 @@ def one_number(value, *, where: str = "", what: str = "result") -> float:
         raise Mismatch(f"{prefix}your {what} should be one number (a float or a 0-d tensor), got an array of shape "
                        f"{array.shape}{fix}")
     return float(array)
+
+
+def whole_number(value) -> int | None:
+    """A learner's count or index as an int (an int, a numpy integer, or a float like 30.0); None for
+    anything else: a string or a bool (which int() would read), 2.7 (which int() would truncate), inf."""
+    if isinstance(value, (str, bytes, bool)):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(number) if np.isfinite(number) and number == int(number) else None
 
 
 def _describe(a: np.ndarray) -> str:

@@ -6,21 +6,12 @@ import math
 
 import numpy as np
 
-from ._core import Mismatch, MissingContext, NotAnswered, call, close, exercise, instance_rng, one_number
+from ._core import Mismatch, MissingContext, NotAnswered, call, close, exercise, instance_rng, one_number, whole_number
 
 IGNORE = -100          # the label value that no loss is taken on (PyTorch's cross-entropy default)
 
 
 # ----------------------------------------------------------------------------- 00.1 layers and weights
-
-def _whole(value) -> bool:
-    """A whole number (int, numpy integer, or a float like 30.0); not a string or a bool."""
-    if isinstance(value, (str, bytes, bool)):
-        return False
-    try:
-        return float(value) == int(value)
-    except (TypeError, ValueError, OverflowError):
-        return False
 
 
 @exercise("00.1", title="Decoder layers and the weights of one layer", answer=("n_layers", "params_per_layer"),
@@ -33,11 +24,11 @@ def _layer_count(n_layers, params_per_layer, model=None) -> str:
     if model is None:
         raise MissingContext('ex.check("00.1", n_layers, params_per_layer, model=model): pass the model')
     found = layers(model)
-    if not _whole(n_layers) or int(n_layers) != len(found):
+    if whole_number(n_layers) != len(found):
         raise Mismatch(f"n_layers = {n_layers!r}: count the entries of lq.layers(model)")
     per_map = {name: m.weight.numel() for name, m in found[0].linears.items()}
-    if not _whole(params_per_layer) or int(params_per_layer) != found[0].n_params:
-        if _whole(params_per_layer) and int(params_per_layer) in per_map.values():
+    if whole_number(params_per_layer) != found[0].n_params:
+        if whole_number(params_per_layer) in per_map.values():
             raise Mismatch(f"{int(params_per_layer):,} is the weight count of one linear map; add all "
                            f"{len(per_map)} maps of the layer")
         raise Mismatch(f"params_per_layer = {params_per_layer!r}: add the weights (d_out x d_in) of every "
@@ -75,11 +66,6 @@ def _nll_reference(logits, labels) -> float:
     from ..evaluate import token_nll
     nll = token_nll(logits[:, :-1].double(), labels[:, 1:]).double()
     return float(nll.sum() / (labels[:, 1:] != IGNORE).sum())
-
-
-def _scalar(value, where: str) -> float:
-    """The learner's result as one float, or a Mismatch saying what it is instead."""
-    return one_number(value, where=where, what="mean NLL")
 
 
 def _nll_diagnosis(got: float, logits, labels) -> str:
@@ -130,7 +116,8 @@ def _next_token_nll(next_token_nll, model=None, blocks=None) -> str:
                 f"masked targets{', one row fully masked' if empty else ''})"
         expected = _nll_reference(logits, labels)
         try:
-            got = _scalar(call(next_token_nll, logits.clone(), labels.clone(), where=where), where)
+            got = one_number(call(next_token_nll, logits.clone(), labels.clone(), where=where), where=where,
+                             what="mean NLL")
         except Mismatch as why:
             if "-100" not in str(why):
                 raise
@@ -154,7 +141,8 @@ def _next_token_nll(next_token_nll, model=None, blocks=None) -> str:
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     where = f"the real model on {len(real)} {real.task} {real.split} blocks"
-    mine = math.exp(_scalar(call(next_token_nll, logits, batch["labels"].clone(), where=where), where))
+    mine = math.exp(one_number(call(next_token_nll, logits, batch["labels"].clone(), where=where), where=where,
+                               what="mean NLL"))
     expected = perplexity(model, real, progress=False)
     close(mine, expected, where=where, rtol=1e-4, what="perplexity exp(mean NLL)")
     return (f"on {len(real)} real {real.task} blocks of {real.block_size} tokens ({real.n_targets} targets) exp(your NLL) = {mine:.4f} "

@@ -23,11 +23,6 @@ def _psd(rng: np.random.Generator, d: int, rank: int | None = None, scale: float
     return scale * (x @ x.T) / rank
 
 
-def _scalar(got, where: str, what: str) -> float:
-    """A learner's number as a float (`one_number`: a scalar or a 0-d array or tensor)."""
-    return one_number(got, where=where, what=what)
-
-
 def _any_low_precision(*values) -> bool:
     """Whether any of a learner's results is a float32 / float16 / bfloat16 array or tensor."""
     return any(_low_precision(v) for v in values)
@@ -74,7 +69,7 @@ def _zeta2_dense(zeta2_dense) -> str:
             g = 1.7 * np.linalg.eigh(H)[1][:, -1]
         where = f"hidden instance {i + 1} (d = {d}, lam = {lam}, {kind} {'H' if kind == 'singular' else 'case'})"
         raw = call(zeta2_dense, g.copy(), H.copy(), lam, where=where)
-        got = _scalar(raw, where, "zeta^2")
+        got = one_number(raw, where=where, what="zeta^2")
         M = H + lam * np.eye(d)
         expected = float(g @ np.linalg.solve(M, g))
         wrong = {"you multiplied by H + lambda I; zeta^2 uses its inverse (solve the system)": float(g @ M @ g),
@@ -110,7 +105,7 @@ def _decrease(decrease) -> str:
     answers = []
     for i, (z, t) in enumerate(cases):
         where = f"hidden case {i + 1} (zeta^2 = {z}, t = {t})"
-        answers.append((where, z, t, _scalar(call(decrease, z, t, where=where), where, "decrease")))
+        answers.append((where, z, t, one_number(call(decrease, z, t, where=where), where=where, what="decrease")))
     named = [why for why, slip in slips.items()
              if all(np.isclose(got, slip(z, t), rtol=1e-9, atol=1e-12) for _, z, t, got in answers)]
     for where, z, t, got in answers:
@@ -302,7 +297,7 @@ def _kfac_solve(kfac_solve, a=None, b=None, n_targets=None, grad=None) -> str:
     for A_i, G_i, grad_i, damping, where, dense in instances:
         got = _pair(call(kfac_solve, A_i.copy(), G_i.copy(), grad_i.copy(), damping, where=where), where, "step, zeta2")
         step = _as_array(got[0], where, "step")
-        zeta2 = _scalar(got[1], where, "zeta^2")
+        zeta2 = one_number(got[1], where=where, what="zeta^2")
         low = _any_low_precision(got[0], got[1])
         alpha, _, gamma, _ = _eigen_parts(A_i, G_i)
         lam = damping * alpha.mean() * gamma.mean()

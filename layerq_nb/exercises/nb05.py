@@ -5,7 +5,7 @@ from __future__ import annotations
 # cpu on purpose (module): hidden instances are small CPU tensors, graded against CPU references
 import numpy as np
 
-from ._core import Mismatch, call, close, exercise, instance_rng
+from ._core import Mismatch, call, close, exercise, instance_rng, whole_number
 
 # ----------------------------------------------------------------------------- program B
 
@@ -25,15 +25,10 @@ def _program_b_instance(rng: np.random.Generator, k: int, *, zero: bool, equal_s
 def _most_pruned(k, q, sparsity, sizes) -> str:
     from ..mdl import prune
     s = prune(q, sparsity, sizes=sizes).x
-    try:
-        if isinstance(k, (str, bytes, bool)):
-            raise TypeError
-        value = float(k)
-        if value != int(value):
-            raise ValueError
-        k = int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise Mismatch(f"expected a layer index (a whole number), got {k!r}") from None
+    index = whole_number(k)
+    if index is None:
+        raise Mismatch(f"expected a layer index (a whole number), got {k!r}")
+    k = index
     if not 0 <= k < s.size:
         raise Mismatch(f"layer {k} does not exist: the layers are 0 .. {s.size - 1}")
     if not np.isclose(s[k], s.max()):
