@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = ["Exercise", "Verdict", "Mismatch", "MissingContext", "NotAnswered", "ReturnedNone", "exercise", "check",
-           "call", "close", "equal", "one_number", "whole_number", "instance_rng", "mode", "passed", "progress",
+           "call", "close", "equal", "one_number", "whole_number", "parameters_kept", "instance_rng", "mode", "passed", "progress",
            "REGISTRY", "RESULTS", "CHECK_ERRORS"]
 
 MODES = ("learn", "solve", "blank")
@@ -342,6 +342,20 @@ def run_solution(key: str, namespace: dict) -> tuple:
     if missing:
         raise AssertionError(f"the solution of {key} does not define {', '.join(missing)}")
     return tuple(namespace[name] for name in ex.answer)
+
+
+@contextlib.contextmanager
+def parameters_kept(*models):
+    """Every parameter's requires_grad flag and .grad put back as they were, for the models given (None
+    skipped): a check hands the notebook's model to the learner's function, which may freeze parameters
+    for speed or leave gradients behind, and the notebook's later cells (and checks) need it unchanged."""
+    saved = [(p, p.requires_grad, p.grad) for model in models if model is not None for p in model.parameters()]
+    try:
+        yield
+    finally:
+        for p, flag, grad in saved:
+            p.requires_grad_(flag)
+            p.grad = grad
 
 
 @contextlib.contextmanager

@@ -6,7 +6,17 @@ import contextlib
 
 import numpy as np
 
-from ._core import Mismatch, MissingContext, NotAnswered, _low_precision, call, close, exercise, instance_rng
+from ._core import (
+    Mismatch,
+    MissingContext,
+    NotAnswered,
+    _low_precision,
+    call,
+    close,
+    exercise,
+    instance_rng,
+    parameters_kept,
+)
 
 IGNORE = -100
 
@@ -179,7 +189,6 @@ def _weight_grad_real(weight_grad, model, blocks) -> str:
     device = next(model.parameters()).device
     ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
     params = list(model.parameters())
-    grads_before = [p.grad for p in params]            # the learner's own .grad, if any, put back after
     handle = model.get_input_embeddings().register_forward_hook(lambda m, i, out: out.requires_grad_(True))
     report = []
     chosen = [(0, "self_attn.k_proj"), (len(found) // 2, "mlp.down_proj")]
@@ -187,23 +196,22 @@ def _weight_grad_real(weight_grad, model, blocks) -> str:
 
     def loss_fn():
         return model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    try:
-        with _frozen(params, keep=[m.weight for m in modules]):       # autograd's answer, one pass for both
-            expected_all = torch.autograd.grad(loss_fn(), [m.weight for m in modules])
-        for (index, name), module, expected in zip(chosen, modules, expected_all):
-            where = f"the real model, layer {index} {name} ({tuple(module.weight.shape)}), one block of {n} tokens"
-            got = _run_learner(weight_grad, module, loss_fn, params, where)
-            scale = float(expected.abs().max())
-            try:
-                close(got, expected, where=where, rtol=1e-3, atol=1e-4 * scale, what="weight gradient")
-            except Mismatch as why:
-                raise Mismatch(str(why) + _factor_note(got, expected, n)) from None
-            g = torch.as_tensor(np.asarray(got.detach().cpu() if hasattr(got, "detach") else got)).double()
-            report.append(f"layer {index} {name.split('.')[-1]} {float((g - expected.double()).abs().max()) / scale:.1e}")
-    finally:
-        handle.remove()
-        for p, g in zip(params, grads_before):
-            p.grad = g
+    with parameters_kept(model):         # the learner's own .grad and flags, as they were
+        try:
+            with _frozen(params, keep=[m.weight for m in modules]):       # autograd's answer, one pass for both
+                expected_all = torch.autograd.grad(loss_fn(), [m.weight for m in modules])
+            for (index, name), module, expected in zip(chosen, modules, expected_all):
+                where = f"the real model, layer {index} {name} ({tuple(module.weight.shape)}), one block of {n} tokens"
+                got = _run_learner(weight_grad, module, loss_fn, params, where)
+                scale = float(expected.abs().max())
+                try:
+                    close(got, expected, where=where, rtol=1e-3, atol=1e-4 * scale, what="weight gradient")
+                except Mismatch as why:
+                    raise Mismatch(str(why) + _factor_note(got, expected, n)) from None
+                g = torch.as_tensor(np.asarray(got.detach().cpu() if hasattr(got, "detach") else got)).double()
+                report.append(f"layer {index} {name.split('.')[-1]} {float((g - expected.double()).abs().max()) / scale:.1e}")
+        finally:
+            handle.remove()
     return ("b^T a from your hooks is autograd's weight gradient; on the real model (largest error relative to the "
             "largest entry): " + ", ".join(report) + ".")
 

@@ -8,7 +8,7 @@ from itertools import permutations
 
 import numpy as np
 
-from ._core import Mismatch, MissingContext, call, close, equal, exercise, instance_rng
+from ._core import Mismatch, MissingContext, call, close, equal, exercise, instance_rng, parameters_kept
 
 # ----------------------------------------------------------------------------- 03.1 LayerIF, identity curvature
 
@@ -80,16 +80,14 @@ def _influence_identity(influence_identity, model=None, train=None, validation=N
     from ..influence import layer_influence
     tiny = _tiny_model()
     vocab = tiny.config.vocab_size
-    # a learner may freeze parameters for speed: the cached tiny model and the notebook's model get their
-    # flags back, or the next check (the shipped solution's too) fails in the same kernel
-    flags = [(p, p.requires_grad) for m in (tiny, model) if m is not None for p in m.parameters()]
-    grads = [] if model is None else [(p, p.grad) for p in model.parameters()]
     cases = [  # (layer k, damping, train blocks, validation blocks, block size, masked prompt tokens)
         (1, 0.1, 3, 2, 12, False),
         (0, 1.0, 4, 1, 20, True),
         (2, 0.03, 2, 3, 8, True),
     ]
-    try:
+    # a learner may freeze parameters for speed: the cached tiny model and the notebook's model get their
+    # flags (and gradients) back, or the next check (the shipped solution's too) fails in the same kernel
+    with parameters_kept(tiny, model):
         for i, (k, lam, n_train, n_val, size, masked) in enumerate(cases):
             rng = instance_rng("03.1", i)
             tr = _random_blocks(rng, n_train, size, vocab, "train", masked)
@@ -111,12 +109,6 @@ def _influence_identity(influence_identity, model=None, train=None, validation=N
                                        progress=False).matrix[:, k]    # layer k alone: three short passes
             got = call(influence_identity, model, tr, va, k, 0.1, where=where)
             _compare_influence(got, expected, where, 0.1, len(va), rtol=1e-3)
-    finally:
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        tiny.zero_grad(set_to_none=True)
-        for p, g in grads:           # the learner's own .grad, if any, as it was
-            p.grad = g
     return ("with H = lambda I, LayerIF is a damped gradient inner product, I_k(z_i) = -g_V . g_i / lambda; "
             "the package gets the same numbers without storing a per-example gradient.")
 
