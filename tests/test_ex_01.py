@@ -102,6 +102,26 @@ def test_01_1_wrong_answer_on_the_model_leaves_it_clean(tiny, prose):
     assert no_hooks_left(model) and all(p.grad is None for p in model.parameters())
 
 
+def test_01_1_a_global_hook_left_behind_is_wrong_and_removed():
+    from torch.nn.modules import module as torch_module
+
+    def global_hook(module, loss_fn):      # a hook on every module, never removed
+        saved = {}
+
+        def keep(mod, inputs, output):
+            if mod is module:
+                saved["a"] = inputs[0]
+                output.register_hook(lambda grad: saved.__setitem__("b", grad))
+        torch.nn.modules.module.register_module_forward_hook(keep)
+        loss_fn().backward()
+        a, b = saved["a"], saved["b"]
+        return b.reshape(-1, b.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+    before = len(torch_module._global_forward_hooks)
+    v = ex.check("01.1", global_hook)
+    assert v.status == "wrong" and "left 1 hook(s) behind" in v.message, v.message
+    assert len(torch_module._global_forward_hooks) == before
+
+
 def test_01_1_keeps_the_learners_own_grads_and_accepts_a_float32_sum(tiny, prose):
     model, _ = tiny
     (fn,) = ex.run_solution("01.1", namespace(model=model, blocks=prose))

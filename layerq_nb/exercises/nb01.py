@@ -87,25 +87,25 @@ def _frozen(params, keep=()):
             p.requires_grad_(flag)
 
 
-def _hook_count(module) -> int:
-    return sum(len(getattr(module, name, {})) for name in
-               ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+_HOOKS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+_GLOBAL_HOOKS = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks",
+                 "_global_backward_pre_hooks")
 
 
-def _drop_new_hooks(module, before: dict) -> None:
-    for name, keys in before.items():
-        hooks = getattr(module, name, None)
-        if hooks is not None:
-            for key in [k for k in hooks if k not in keys]:
-                del hooks[key]
+def _hook_tables(module) -> list[dict]:
+    """The module's own hook dicts and torch's global ones (register_module_forward_hook & co., which
+    would fire on every module of every later cell)."""
+    from torch.nn.modules import module as torch_module
+    tables = [getattr(module, name, None) for name in _HOOKS]
+    tables += [getattr(torch_module, name, None) for name in _GLOBAL_HOOKS]
+    return [t for t in tables if t is not None]
 
 
 def _run_learner(weight_grad, module, loss_fn, params, where: str):
     """The learner's function with every parameter frozen (the weight's .grad stays None, as in the
-    package's tape), its hooks checked for leaks and removed."""
-    names = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
-    before = {name: set(getattr(module, name, {})) for name in names}
-    count = _hook_count(module)
+    package's tape), its hooks (on the module or global) checked for leaks and removed."""
+    tables = _hook_tables(module)
+    before = [set(t) for t in tables]
     try:
         with _frozen(params):
             got = call(weight_grad, module, loss_fn, where=where)
@@ -121,10 +121,13 @@ def _run_learner(weight_grad, module, loss_fn, params, where: str):
                               f"package's tape; form the gradient from a and b)") from None
         raise
     finally:
-        leaked = _hook_count(module) - count
-        _drop_new_hooks(module, before)
+        leaked = 0
+        for table, keys in zip(tables, before):
+            for key in [k for k in table if k not in keys]:
+                del table[key]
+                leaked += 1
     if leaked > 0:
-        raise Mismatch(f"{where}: your function left {leaked} hook(s) on the module; keep the handle that "
+        raise Mismatch(f"{where}: your function left {leaked} hook(s) behind; keep the handle that "
                        f"register_forward_hook returns and call handle.remove() (in a finally block)")
     return got
 
