@@ -1,10 +1,10 @@
 """Cost of scoring as a ratio to a plain forward+backward over the same tokens, in one run.
 
     python benchmarks/bench_scoring.py [--blocks 4] [--block-size 256] [--shapes smollm2 qwen]
-Targets (DESIGN.md section 9): K-FAC <= 2x, EK-FAC <= 3.5x a plain forward+backward. The passes are
+Targets (the project's design bars): K-FAC <= 2x, EK-FAC <= 3.5x a plain forward+backward. The passes are
 timed apart from the factor eigendecompositions, which are a fixed cost per model, not per token.
-When kronfluence is importable (`pip install -e ".[kronfluence]" torch==2.13.0`: naming the installed
-torch keeps pip from upgrading it to a CUDA build for torchvision), its factor fitting on the same tokens, batch
+When kronfluence is importable (`pip install -e ".[kronfluence]" && pip install --no-deps "kronfluence==1.0.1"`:
+its declared torchvision would pull a build that does not match the CPU torch), its factor fitting on the same tokens, batch
 size and true-Fisher setting is timed in the same run, phase by phase.
 Writes benchmarks/results/scoring_<shapes>.jsonl and prints markdown tables.
 """

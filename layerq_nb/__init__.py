@@ -58,6 +58,6 @@ __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())
 
 
 def load_ipython_extension(ipython):
-    """`%load_ext layerq_nb`: registers the `%layerq` magic (doctor, tutorials, copy, open)."""
+    """`%load_ext layerq_nb`: registers the `%layerq` magic (doctor, tutorials, copy, reset, open)."""
     from .ui.magics import load_ipython_extension as load
     load(ipython)
