@@ -233,3 +233,40 @@ def test_grade_contains_a_crash_a_flood_and_an_endless_loop(tmp_path):
     assert late.table()["loop"] == {"04.1": 0, "04.2": 0}
     assert any("stopped after 1 s" in n for n in late.notes["loop"])
     assert "stopped after" in (tmp_path / "late" / "feedback" / "loop" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+def test_grade_puts_back_missing_check_cells_and_adds_to_earlier_results(tmp_path):
+    from layerq_nb.course.editions import build
+    from layerq_nb.course.grade import grade
+    source = tmp_path / "tutorials"
+    source.mkdir()
+    tutorial = source / "04_tiny.ipynb"
+    tutorial.write_text(json.dumps(TINY))
+    mark_notebook(tutorial)
+    edition = build(tmp_path / "course", tutorials=source, wheel=False)
+    release = edition.student / "notebooks" / "04_tiny.ipynb"
+    solved = {k: ex.solution_code(k) for k in ("04.1", "04.2")}
+    week1, week2, out = tmp_path / "week1", tmp_path / "week2", tmp_path / "results"
+    _submit(week1, "copy", tutorial, solved)                 # the tutorial itself: no autograder cells
+    _submit(week1, "edition", release, {"04.1": solved["04.1"]})
+    first = grade(week1, course=tmp_path / "course", out=out)
+    assert first.table() == {"copy": {"04.1": 3, "04.2": 3}, "edition": {"04.1": 3, "04.2": 0}}
+    assert any("no autograder cells" in n and "04.1, 04.2" in n for n in first.notes["copy"])
+    assert "no autograder cells" in (out / "feedback" / "copy" / "summary.md").read_text()
+
+    # one student re-graded into the same folder: the others' grades and feedback stay
+    _submit(week2, "edition", release, solved)
+    second = grade(week2, course=tmp_path / "course", out=out)
+    assert second.table() == {"copy": {"04.1": 3, "04.2": 3}, "edition": {"04.1": 3, "04.2": 3}}
+    rows = _csv(out / "scores.csv")
+    assert (rows["copy"]["total"], rows["edition"]["total"], rows["(max)"]["total"]) == ("6", "6", "6")
+    assert (out / "feedback" / "copy" / "04_tiny.html").is_file()
+    assert "6 of 6 points" in (out / "feedback" / "edition" / "summary.md").read_text()
+
+    # a results folder of another build of the course is refused before anything is graded
+    saved = json.loads((out / "scores.json").read_text())
+    saved["scores"][0]["max_points"] = 5.0
+    (out / "scores.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="another build of the course"):
+        grade(week2, course=tmp_path / "course", out=out)

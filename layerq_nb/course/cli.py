@@ -62,7 +62,8 @@ def register(subparsers, *, parents=()) -> argparse.ArgumentParser:
     g = sub.add_parser("grade", help="grade SUBMISSIONS/<student>/<NN_name>.ipynb: scores.csv and feedback")
     g.add_argument("submissions", help="a folder with one folder per student holding their notebooks")
     g.add_argument("--course", required=True, help="the folder `course build` wrote")
-    g.add_argument("--out", required=True, help="folder for scores.csv, feedback/ and nbgrader's work")
+    g.add_argument("--out", required=True, help="folder for scores.csv, feedback/ and nbgrader's work; grading into it again adds to "
+                        "what it holds (a notebook graded again replaces that student's earlier grade of it)")
     g.add_argument("--cell-timeout", type=int, default=180, help="seconds a cell may run (default 180)")
     g.add_argument("--notebook-timeout", type=float, default=1800,
                    help="seconds one notebook may run before it is killed and scored zero (default 1800)")

