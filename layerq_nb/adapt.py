@@ -137,8 +137,13 @@ def lora_rank_pattern(model: nn.Module, scores: LayerScores | str, budget: int, 
     if isinstance(scores, str):
         ranks, label = np.full(cost.size, min(int(budget // cost.sum()), int(caps.min()))), "uniform"
     else:
-        if len(scores) != cost.size:
-            raise ValueError(f"{len(scores)} scores for {cost.size} layers: score the same model")
+        names = tuple(layer.name for layer in find_layers(model))
+        if "identity" in scores.metadata:       # scores read from a file: the same model, not only its shape
+            from .artefacts import check_scores
+            check_scores(scores, model)
+        elif tuple(scores.names) != names:
+            raise ValueError(f"the scores are for layers {scores.names[0]} ... ({len(scores)} of them), this model "
+                             f"has {names[0]} ... ({len(names)}): score this model, one score per layer")
         sol = mdl.allocate(scores.q, budget, cost=cost, beta=beta, lower=min_rank, upper=caps, integer=True)
         ranks, label = np.round(sol.x).astype(int), scores.method
     return RankAllocation(ranks=ranks.astype(int), cost=cost, modules={k: list(v) for k, v in targets.items()},
@@ -367,6 +372,12 @@ def _seeded_dropout(seed: int, device: torch.device):
             restore(state)
 
 
+def _diverged(what: str, lr: float):
+    # raised inside finetune's transaction, so the adapters go back to their state before training
+    raise ValueError(f"fine-tuning diverged: {what} (lr {lr:g} is likely too large). The trained parameters "
+                     f"were put back as they were before fine-tuning; lower lr (e.g. 3e-4) and run again")
+
+
 def finetune(model: nn.Module, train: Blocks, validation: Blocks, *, steps: int = 20, lr: float = 3e-4, seed: int = 0,
              generator: torch.Generator | None = None, batch_size: int = 4, clip: float = 1.0,
              aux: LoRAMoE | None = None, aux_weight: float = 0.01, progress: bool = True) -> FinetuneResult:
@@ -376,7 +387,8 @@ def finetune(model: nn.Module, train: Blocks, validation: Blocks, *, steps: int 
     Randomness is local: the batches are drawn from `generator` (a CPU torch.Generator) or, without one,
     from a fresh generator seeded with `seed`; dropout draws from torch's global generators, which are
     seeded for the run (with `seed`, or one draw of `generator`) and restored afterwards. The same seed
-    gives the same losses, and the caller's global RNG state is the same after the call as before."""
+    gives the same losses, and the caller's global RNG state is the same after the call as before. A run
+    whose loss or weights stop being finite raises ValueError, with the parameters put back as they were."""
     import time
 
     from .evaluate import mean_loss
@@ -423,9 +435,13 @@ def finetune(model: nn.Module, train: Blocks, validation: Blocks, *, steps: int 
                     torch.nn.utils.clip_grad_norm_(params, clip)
                     opt.step()
                     losses.append(loss.detach().item())
+                    if not math.isfinite(losses[-1]):
+                        _diverged(f"the training loss is {losses[-1]} at step {len(losses)}", lr)
             finally:
                 model.eval()
             after = mean_loss(model, validation, batch_size, progress=False)
+            if not math.isfinite(after) or not all(bool(torch.isfinite(p).all()) for p in params):
+                _diverged(f"the validation loss after training is {after}", lr)
             return FinetuneResult(train_losses=losses, val_loss_before=before, val_loss_after=after,
                                   trainable=sum(p.numel() for p in params), seconds=time.perf_counter() - start)
         except BaseException:

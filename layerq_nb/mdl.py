@@ -507,6 +507,14 @@ def _check_method(method: str) -> None:
         raise ValueError(f"method must be 'bisection' or 'sorted', got {method!r}")
 
 
+def _check_tol(tol: float) -> None:
+    # a coarser stop would return an answer that misses the budget by more than verify() accepts
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, np.number)) or not 0 < tol <= _SPEND_RTOL:
+        raise ValueError(f"tol is the relative width at which bisection on nu stops: it must lie in (0, "
+                         f"{_SPEND_RTOL:g}], so the answer meets the budget as accurately as verify() certifies; "
+                         f"got {tol!r} (the default is 1e-12)")
+
+
 def allocate(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayLike = 1.0, lower: ArrayLike = 0.0,
              upper: ArrayLike = np.inf, integer: bool = False, tol: float = 1e-12, method: str = "bisection") -> Solution:
     """Capacity allocation, MDL program A (Amaefuna et al., arXiv 2603.00910, the allocation program).
@@ -534,6 +542,7 @@ def allocate(q: ArrayLike, budget: float, *, cost: ArrayLike = 1.0, beta: ArrayL
     """
     problem = allocation_problem(q, budget, cost=cost, beta=beta, lower=lower, upper=upper, integer=integer)
     _check_method(method)
+    _check_tol(tol)
     budget, cost = problem.budget, problem.cost
     scale = _budget_scale(cost, budget)     # cost and budget scale together: x is unchanged
     scaled = problem if scale == 1.0 else replace(problem, budget=budget / scale, cost=_frozen(cost / scale))
@@ -563,6 +572,7 @@ def prune(q: ArrayLike, sparsity: float, *, sizes: ArrayLike = 1.0, lower: Array
     """
     problem = pruning_problem(q, sparsity, sizes=sizes, lower=lower, upper=upper, penalty=penalty)
     _check_method(method)
+    _check_tol(tol)
     scale = _pow2_scale(problem.sizes)  # the budget is a share of sum n_k: x is unchanged by scaling n
     scaled = problem if scale == 1.0 else replace(problem, sizes=_frozen(problem.sizes / scale))
     with np.errstate(over="ignore", under="ignore", invalid="ignore", divide="ignore"):
@@ -605,7 +615,8 @@ def _kkt_residual(sol: Solution) -> float:
                              np.abs(red))) / ref
     if nu == 0.0:   # degenerate branch: only zero-score layers may be free
         viol = np.where(p.q == 0, 0.0, viol)
-    return float(max(budget, bounds, max(0.0, -nu), np.max(viol)))
+    # np.max, not max(): Python's max drops a NaN that is not its first argument, and a NaN must fail
+    return float(np.max([budget, bounds, max(0.0, -nu), np.max(viol)]))
 
 
 def verify(solution: Solution) -> Solution:
@@ -619,6 +630,9 @@ def verify(solution: Solution) -> Solution:
     """
     p, x, nu = solution.problem, np.asarray(solution.x, float), solution.nu
     w = p.weights
+    for name, value in (("q", p.q), ("cost or size vector", w), ("budget", p.target)):
+        if not np.all(np.isfinite(value)):
+            raise AssertionError(f"the problem's {name} is not finite (a non-finite problem is never certified)")
     if x.shape != p.q.shape:
         raise AssertionError(f"shape violated: x has shape {x.shape}, the problem has {p.q.size} layers")
     if not np.all(np.isfinite(x)):
@@ -626,6 +640,9 @@ def verify(solution: Solution) -> Solution:
         raise AssertionError(f"x is not finite: x[{i}] = {x[i]} (a non-finite answer is never certified)")
     if not np.isfinite(nu):
         raise AssertionError(f"nu is not finite: nu = {nu} (a non-finite answer is never certified)")
+    if not np.isfinite(solution.objective):
+        raise AssertionError(f"the objective is not finite: {solution.objective} (a non-finite answer is never "
+                             "certified)")
     if np.any(x < p.lower - 1e-9 * np.maximum(1, np.abs(p.lower))) or \
        np.any(x > p.upper + 1e-9 * np.maximum(1, np.abs(p.upper))):
         raise AssertionError("primal feasibility violated: some x_k lies outside [lower_k, upper_k]")
@@ -644,7 +661,7 @@ def verify(solution: Solution) -> Solution:
     if nu < 0:
         raise AssertionError(f"dual feasibility violated: nu = {nu} < 0")
     res = _kkt_residual(solution)
-    if res > _KKT_RTOL:
+    if not res <= _KKT_RTOL:
         raise AssertionError(f"stationarity / complementary slackness violated: relative residual {res:.3g}")
     return solution
 

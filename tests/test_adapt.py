@@ -27,7 +27,7 @@ def blocks(tiny):
 
 
 def scores(*values):
-    return LayerScores("test", np.array(values, float), tuple(f"l{i}" for i in range(len(values))))
+    return LayerScores("test", np.array(values, float), tuple(f"model.layers.{i}" for i in range(len(values))))
 
 
 def test_peft_adapters_cost_what_the_allocation_claims(fresh_tiny):
@@ -41,8 +41,11 @@ def test_peft_adapters_cost_what_the_allocation_claims(fresh_tiny):
     assert np.all(uniform.ranks == 6000 // 1536) and uniform.parameters <= 6000
     with pytest.raises(ValueError, match="below the minimum"):
         lora_rank_pattern(model, "uniform", budget=100)
-    with pytest.raises(ValueError, match="2 scores for 3 layers"):
+    with pytest.raises(ValueError, match=r"\(2 of them\), this model has model.layers.0 ... \(3\)"):
         lora_rank_pattern(model, scores(1.0, 2.0), budget=6000)
+    other = LayerScores("test", np.ones(3), ("transformer.h.0", "transformer.h.1", "transformer.h.2"))
+    with pytest.raises(ValueError, match="score this model"):      # another family's layers, same count
+        lora_rank_pattern(model, other, budget=6000)
     peft_model = get_peft_model(model, lora_config(alloc))
     assert sum(p.numel() for p in peft_model.parameters() if p.requires_grad) == alloc.parameters
 
@@ -147,6 +150,16 @@ def test_finetune_randomness_is_local(blocks):
     assert drawn[0] == drawn[1] and torch.equal(torch.get_rng_state(), state)
     with pytest.raises(ValueError, match="generator must be a CPU torch.Generator"):
         finetune(_peft_tiny(), *blocks, steps=1, generator=3)
+
+
+def test_a_diverging_finetune_raises_and_puts_the_adapters_back(blocks):
+    """lr 1e30 sends the loss to NaN within a few steps: finetune used to return val_loss_after = nan and
+    leave NaN adapters in the model (and `layerq allocate --train --save` saved them)."""
+    model = _peft_tiny()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with pytest.raises(ValueError, match=r"fine-tuning diverged: .*lr 1e\+30 is likely too large.*put back"):
+        finetune(model, *blocks, steps=3, lr=1e30, seed=0, progress=False)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
 
 
 @pytest.mark.parametrize("bad", [

@@ -217,6 +217,29 @@ def test_verify_rejects_a_wrong_solution():
         mdl.verify(replace(sol, x=np.array([-1.0, 5.0])))
 
 
+def test_verify_never_certifies_a_non_finite_objective_or_problem():
+    from dataclasses import replace
+    with pytest.raises(AssertionError, match="objective is not finite"):
+        mdl.verify(replace(mdl.allocate([0.5, 0.3, 0.2], 6.0), objective=np.nan))
+    ones = np.ones(3)
+    edge = mdl.PruningProblem(q=np.array([0.5, 0.3, 0.2]), sparsity=2 / 3, sizes=ones, lower=0 * ones, upper=ones,
+                              penalty="log")
+    with np.errstate(divide="ignore", invalid="ignore"):    # s = 1 keeps nothing: -log(1 - s) = inf
+        with pytest.raises(AssertionError, match="objective is not finite: inf"):
+            mdl.verify(mdl.Solution.at(edge, [1.0, 0.5, 0.5], 1.0))
+        with pytest.raises(AssertionError, match="q is not finite"):
+            mdl.verify(mdl.Solution.at(replace(edge, q=np.array([np.nan, 0.5, 0.5]), upper=0.99 * ones),
+                                       [0.9, 0.5, 0.6], 1.0))
+
+
+@pytest.mark.parametrize("tol", [1.0, 1e-6, 0.0, -1e-12, float("nan"), True, "1e-12"])
+def test_a_tolerance_coarser_than_the_certificate_is_refused(tol):
+    # tol=1.0 used to return [4, 4, 2.5]: 10.5 spent of a budget of 10, without a word
+    for solve in (lambda: mdl.allocate([0.7, 0.2, 0.1], 10, upper=4, tol=tol), lambda: mdl.prune([0.5, 0.5], 0.5, tol=tol)):
+        with pytest.raises(ValueError, match="tol is the relative width"):
+            solve()
+
+
 # ----------------------------------------------------------------------------- integer allocation
 
 def _brute_force(q, budget, cost, upper):

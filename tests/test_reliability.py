@@ -318,7 +318,7 @@ def test_lora_ranks_are_capped_by_the_matrices(small):
     assert caps.tolist() == [8, 8, 8]               # k_proj / v_proj are 16 -> 8 (two KV heads of 4)
     huge = adapt.lora_rank_pattern(model, "uniform", 1e12)
     assert huge.ranks.tolist() == [8, 8, 8]
-    scores = LayerScores("zeta2", np.array([1.0, 5.0, 0.1]), ("a", "b", "c"))
+    scores = LayerScores("zeta2", np.array([1.0, 5.0, 0.1]), tuple(f"model.layers.{i}" for i in range(3)))
     mdl_ranks = adapt.lora_rank_pattern(model, scores, 1e12)
     assert np.all(mdl_ranks.ranks <= caps) and mdl_ranks.parameters <= 1e12
 
