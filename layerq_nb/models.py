@@ -172,18 +172,36 @@ def _safetensors_header(path: Path) -> dict:
     return header
 
 
+_NEEDED = ("config.json", "model.safetensors")      # every load reads these, whatever the tokenizer
+
+
+def _manifest_files(folder: Path) -> dict:
+    """The manifest's {name: {"bytes": int, "crc32": str}}, once it has that shape and lists every file
+    in the folder: transformers may read any of them, and an unlisted one would load unverified."""
+    try:
+        files = json.loads((folder / MANIFEST).read_text())["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CacheError(f"its {MANIFEST} is corrupt") from None
+    if not isinstance(files, dict) or not all(
+            Path(name).name == name and isinstance(want, dict) and isinstance(want.get("bytes"), int)
+            and isinstance(want.get("crc32"), str) for name, want in files.items()):
+        raise CacheError(f"its {MANIFEST} is corrupt (not a size and CRC-32 for each file)")
+    # skipped: a concurrent upgrade's temporary manifest, and dotfiles (.DS_Store) that no loader reads
+    present = {p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith((MANIFEST, "."))}
+    unlisted = sorted((set(_NEEDED) | present) - files.keys())
+    if unlisted:
+        raise CacheError(f"its {MANIFEST} does not list {', '.join(unlisted)}")
+    return files
+
+
 def check_cache(folder: str | os.PathLike, *, full: bool = True) -> bool:
     """Raise CacheError naming what is wrong with a cache entry; True if it has a manifest, False for
     an entry written before manifests (checked structurally only). full=False compares sizes, not CRCs."""
     folder = Path(folder)
     if not folder.is_dir():
         raise CacheError(f"{folder} is not a folder")
-    manifest = folder / MANIFEST
-    if manifest.is_file():
-        try:
-            files = json.loads(manifest.read_text())["files"]
-        except (ValueError, KeyError, TypeError):
-            raise CacheError(f"its {MANIFEST} is corrupt") from None
+    if (folder / MANIFEST).is_file():
+        files = _manifest_files(folder)
         for name, want in files.items():
             path = folder / name
             if not path.is_file():
@@ -194,7 +212,7 @@ def check_cache(folder: str | os.PathLike, *, full: bool = True) -> bool:
             if full and _crc32(path)[1] != want["crc32"]:
                 raise CacheError(f"{name} has changed since it was written (CRC-32 mismatch)")
         return True
-    for name in ("config.json", "model.safetensors"):
+    for name in _NEEDED:
         if not (folder / name).is_file():
             raise CacheError(f"{name} is missing")
     _safetensors_header(folder / "model.safetensors")
@@ -367,7 +385,11 @@ def load_model(name: str | os.PathLike = "smollm2-135m", device: str | torch.dev
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
         if (folder / MANIFEST).is_file():     # a folder written by layerq_nb (e.g. a cache entry): verify it
-            model, tokenizer = _load_cached(folder, dtype)
+            try:
+                model, tokenizer = _load_cached(folder, dtype)
+            except CacheError as err:
+                raise CacheError(f"the model folder {folder} is corrupt ({err}): copy it again from a good "
+                                 f"source, or delete it (rm -r '{folder}')") from None
         else:
             model, tokenizer = _from_folder(folder, dtype)
         source = f"local folder {folder}"
