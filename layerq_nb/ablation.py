@@ -158,11 +158,13 @@ def layer_shapley(model: torch.nn.Module, blocks: Blocks, *, method: str = "anti
     cap: a model worse than a uniform guess over the V tokens is worth no less than that guess. A
     heavily ablated LM reaches losses of ~100 nats, and without the cap those few coalitions dominate
     every marginal (and the sampling variance). players: the layer indices that play (default all);
-    the others stay active throughout.
+    the others stay active throughout. budget: the distinct coalitions a sampling method may evaluate, a
+    whole number >= K + 1 for K players (one permutation's worth; `shapley.check_budget`).
     Returns the estimate and LayerScores of phi (negative phi are kept in `values`; q clips them).
     """
     found = find_layers(model)
     players = list(range(len(found))) if players is None else list(players)
+    shapley.check_budget(budget, len(players), method)       # before the bar, whose total it sets
     bar = tqdm(total=budget if method != "exact" else 2 ** len(players), desc=f"Shapley ({method})",
                unit="coalition", disable=not progress, leave=False)
     value = layer_game(model, blocks, players, cap=cap, max_rows=max_rows, on_batch=lambda m: bar.update(m))

@@ -29,7 +29,7 @@ from .data import Blocks
 from .models import layers as find_layers
 from .models import model_facts
 from .scores import LayerScores
-from .scoring import BATCH_SIZE, layer_groups
+from .scoring import BATCH_SIZE, _layer_set, layer_groups
 from .shard import local_blocks
 from .tape import GradientSum, Reducer
 
@@ -122,9 +122,7 @@ def layer_influence(model, train: Blocks, validation: Blocks, *, curvature: str 
         raise ValueError(f"params must be one of {', '.join(PARAMS)}, got {params!r}")
     options = CurvatureOptions(curvature, damping, damping_mode, fisher).require_factored("layer_influence")
     found = find_layers(model)
-    wanted = None if only is None else frozenset(int(i) for i in only)
-    if wanted is not None and (not wanted or not all(0 <= i < len(found) for i in wanted)):
-        raise ValueError(f"only must hold one or more layer indices 0 .. {len(found) - 1}, got {sorted(wanted)}")
+    wanted = _layer_set(only, model)
     groups = [g for g in ((group if wanted is None else wanted if group is None else group & wanted)
                           for group in layer_groups(len(found), layers_per_pass)) if g is None or g]
     # both sets of blocks checked before the first (long) pass

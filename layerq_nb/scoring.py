@@ -12,6 +12,7 @@ sums are all-reduced, so scores equal the single-process ones.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +42,7 @@ def layer_gradients(model, blocks: Blocks, *, batch_size: int = BATCH_SIZE, prog
                     only=None) -> dict:
     """g per (layer, module): the weight gradient of the mean loss over all of the blocks' targets.
     `only`: layer indices to differentiate (default all)."""
-    return Passes(model, blocks, batch_size, progress=progress, only=_layer_set(only)).gradients()
+    return Passes(model, blocks, batch_size, progress=progress, only=_layer_set(only, model)).gradients()
 
 
 def module_solves(model, blocks: Blocks, curvature: str = "kfac", *, damping: float = 0.1,
@@ -51,12 +52,28 @@ def module_solves(model, blocks: Blocks, curvature: str = "kfac", *, damping: fl
     to build (default all). `gradients=True` also returns the layer gradients, taken from the same forward
     passes as the first statistics pass."""
     options = CurvatureOptions(curvature, damping, damping_mode, fisher, max_dense)
-    passes = Passes(model, blocks, batch_size, seed, progress, _layer_set(only))
+    passes = Passes(model, blocks, batch_size, seed, progress, _layer_set(only, model))
     return curv.fit(passes, options, gradients=gradients)
 
 
-def _layer_set(only) -> frozenset | None:
-    return None if only is None else frozenset(int(i) for i in only)
+def _layer_set(only, model) -> frozenset | None:
+    """`only` as a set of layer indices, refused before any pass unless each is a whole number in range:
+    int() would quietly turn 1.5 into layer 1, and an index past the last layer would select nothing."""
+    if only is None:
+        return None
+    n_layers = len(find_layers(model))
+    usage = f"only must hold one or more layer indices 0 .. {n_layers - 1} (whole numbers, e.g. only=[0]), got {only!r}"
+    if isinstance(only, (str, bytes)) or not isinstance(only, Iterable):
+        raise ValueError(usage)
+    wanted = list(only)
+    if not wanted:
+        raise ValueError(usage)
+    for i in wanted:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise ValueError(f"{usage}: {i!r} is not a whole number")
+        if not 0 <= i < n_layers:
+            raise ValueError(f"{usage}: layer {i} out of range")
+    return frozenset(int(i) for i in wanted)
 
 
 def layer_groups(n_layers: int, layers_per_pass) -> list:

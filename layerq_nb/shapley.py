@@ -17,7 +17,7 @@ from math import comb
 
 import numpy as np
 
-__all__ = ["ShapleyEstimate", "estimate", "METHODS", "exact_from_table"]
+__all__ = ["ShapleyEstimate", "estimate", "METHODS", "exact_from_table", "check_budget"]
 
 METHODS = ("exact", "permutation", "antithetic", "stratified", "kernel", "truncated")
 
@@ -187,6 +187,20 @@ def _kernel(game, k, budget, rng, bootstrap=200):
     return phi, np.std(boots, axis=0, ddof=1)
 
 
+def check_budget(budget, n_players: int, method: str = "antithetic") -> int:
+    """`budget` as an int, or a ValueError before any evaluation. It counts distinct value evaluations,
+    and one permutation alone evaluates K + 1 coalitions (v(empty), each prefix, v(N)): the samplers
+    always finish two samples, so a smaller budget (0, -5, or nan, which compares False) would not
+    limit them, only mislead the caller. Exact enumeration ignores the budget."""
+    least = 1 if method == "exact" else n_players + 1
+    if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < least:
+        why = ("exact enumeration ignores it" if method == "exact"
+               else f"one permutation of K = {n_players} players alone evaluates K + 1 = {least}")
+        raise ValueError(f"budget must be a whole number >= {least}, the number of distinct coalitions the "
+                         f"{method!r} estimator may evaluate ({why}); got {budget!r}")
+    return int(budget)
+
+
 def estimate(value_fn: Callable[[np.ndarray], np.ndarray], n_players: int, method: str = "antithetic", *,
              budget: int = 2000, seed: int = 0, tol: float = 0.02) -> ShapleyEstimate:
     """Shapley values of `n_players` under `value_fn` (boolean (m, K) coalitions -> m values).
@@ -195,13 +209,14 @@ def estimate(value_fn: Callable[[np.ndarray], np.ndarray], n_players: int, metho
     reverse), stratified (by coalition size), kernel (paired KernelSHAP with the efficiency
     constraint) or truncated (removal order from N, stopped at v(empty) within `tol`). `budget` is
     the number of distinct value evaluations the sampling methods aim for (they finish the sample in
-    progress, so they may go slightly over).
+    progress, so they may go slightly over): a whole number >= n_players + 1 (`check_budget`).
     """
     if method not in METHODS:
         raise ValueError(f"unknown Shapley method {method!r}: use one of {', '.join(METHODS)}")
     k = int(n_players)
     if k < 1:
         raise ValueError(f"n_players must be >= 1, got {n_players}")
+    budget = check_budget(budget, k, method)
     game = _Game(value_fn, k)
     rng = np.random.default_rng(seed)
     if method == "exact":

@@ -19,7 +19,7 @@ from ..data import Blocks, check_batch_size
 from ..models import layers as find_layers
 from ..models import weight_matrix, weights_restored
 from .maps import per_layer_sparsity
-from .masks import PRUNE_METHODS, magnitude_mask, sparsegpt, wanda_mask
+from .masks import PRUNE_METHODS, check_n_m, magnitude_mask, sparsegpt, wanda_mask
 
 __all__ = ["PruneReport", "StopForward", "forward_until_stopped", "layer_sizes", "pruned", "weight_fingerprint"]
 
@@ -157,7 +157,8 @@ def pruned(model, sparsity, method: str = "wanda", *, blocks: Blocks | None = No
     comes back bit-identical.
 
     sparsity: one float or one value per layer (a `sparsity_map`). method: one of PRUNE_METHODS (wanda and
-    sparsegpt need calibration `blocks`). n_m: e.g. (2, 4) for 2:4 sparsity.
+    sparsegpt need calibration `blocks`). n_m: e.g. (2, 4) for 2:4 sparsity, with 0 < N < M; it fixes every
+    layer's sparsity at N/M, so `sparsity` must be N/M too.
     Yields a PruneReport with the zeros really counted per layer.
     """
     if method not in PRUNE_METHODS:
@@ -170,26 +171,22 @@ def pruned(model, sparsity, method: str = "wanda", *, blocks: Blocks | None = No
     if blocks is not None and method != "magnitude":
         if not isinstance(blocks, Blocks) or len(blocks) == 0:
             raise ValueError("calibration blocks must be non-empty Blocks: blocks=load_task(..., n_blocks=8)")
-    _check_n_m(n_m, found)
+    n_m = _check_n_m(n_m, found, per_layer)
     # every check above runs before the first weight changes; from here on weights_restored copies them back
     with weights_restored([m for layer in found for m in layer.linears.values()]):
         achieved = _apply(model, blocks, per_layer, method, n_m, batch_size, progress)
         yield PruneReport(method=method, target=per_layer, achieved=achieved, sizes=layer_sizes(model))
 
 
-def _check_n_m(n_m, found):
-    if n_m is None:
-        return
-    try:
-        n, m = (int(v) for v in n_m)
-        ok = all(float(v) == int(v) for v in n_m) and 0 <= n <= m and m >= 1
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"n_m must be a pair (N, M) of whole numbers with 0 <= N <= M, e.g. (2, 4); got {n_m!r}")
+def _check_n_m(n_m, found, per_layer):
+    if check_n_m(n_m) is None:
+        return None
+    n, m = n_m
     for layer in found:
         for name, module in layer.linears.items():
             cols = weight_matrix(module).shape[1]
             if cols % m:
                 raise ValueError(f"N:M sparsity needs the input dimension of {layer.name}.{name} ({cols}) to be a "
                                  f"multiple of M = {m}")
+    # the widths first: a pair that does not divide them must change anyway, and the sparsity follows the pair
+    return check_n_m(n_m, per_layer)

@@ -106,7 +106,8 @@ def sparsity_map(kind: str, sparsity: float, sizes, scores=None, *, epsilon: flo
     values (LayerScores or array): the OWL outlier ratio for "owl", alpha for "alphapruning", LayerIF S(k)
     for "layerif", any gain (zeta^2, LayerIF, Shapley) for "mdl". epsilon: AlphaPruning's spread;
     owl_lambda: OWL's lambda; band: "mdl" keeps s_k within S -/+ band (None: within [0, upper]); penalty:
-    program B's phi ("log" or "quadratic"); window: the "layerif" smoothing window; upper: the ceiling.
+    program B's phi ("log" or "quadratic"); window: the "layerif" smoothing window, a positive odd whole number
+    (3 or less: no smoothing, an order-3 fit needs 5 points); upper: the ceiling.
 
     >>> sparsity_map("alphapruning", 0.5, [1, 1, 1], [1.0, 2.0, 3.0], epsilon=0.2).round(6)
     array([0.4, 0.5, 0.6])
@@ -119,6 +120,10 @@ def sparsity_map(kind: str, sparsity: float, sizes, scores=None, *, epsilon: flo
     sparsity = _fraction(sparsity)
     if band is not None and not (np.isfinite(band) and band >= 0):
         raise ValueError(f"band must be a finite number >= 0 (or None), got {band!r}")
+    # Savitzky-Golay windows are centred on a layer: odd (the shrink for few layers keeps them so)
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be a positive odd whole number (the 'layerif' smoothing window, e.g. 7), "
+                         f"got {window!r}")
     for name, value in (("epsilon", epsilon), ("owl_lambda", owl_lambda)):
         if not (np.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -10,9 +10,12 @@
 """
 from __future__ import annotations
 
+import numbers
+
+import numpy as np
 import torch
 
-__all__ = ["PRUNE_METHODS", "magnitude_mask", "wanda_mask", "sparsegpt"]
+__all__ = ["PRUNE_METHODS", "magnitude_mask", "wanda_mask", "sparsegpt", "check_n_m"]
 
 PRUNE_METHODS = ("magnitude", "wanda", "sparsegpt")
 
@@ -38,6 +41,31 @@ def _lowest(metric: torch.Tensor, count: int, dim=None) -> torch.Tensor:
     return mask
 
 
+def check_n_m(n_m, sparsity=None) -> tuple[int, int] | None:
+    """None, or n_m as a pair of ints (N, M) with 0 < N < M: N = 0 would prune nothing and N = M every
+    weight, past MAX_SPARSITY. N:M fixes the sparsity at N / M, so a `sparsity` (one number or one per
+    layer) that asks for another is refused rather than quietly ignored."""
+    if n_m is None:
+        return None
+    try:
+        n, m = n_m
+    except (TypeError, ValueError):
+        n = m = None
+    whole = all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in (n, m))
+    if isinstance(n_m, str) or not whole or not 0 < n < m:
+        raise ValueError(f"n_m must be a pair (N, M) of whole numbers with 0 < N < M, e.g. (2, 4): N pruned in each "
+                         f"group of M consecutive inputs; got {n_m!r}")
+    if sparsity is not None:
+        asked = np.atleast_1d(np.asarray(sparsity, dtype=float))
+        off = np.flatnonzero(~np.isclose(asked, n / m, rtol=0, atol=1e-9))
+        if off.size:
+            raise ValueError(f"n_m=({n}, {m}) fixes the sparsity at N/M = {n / m:g}, but sparsity asks for "
+                             f"{asked[off[0]]:g}" + (f" (layer {off[0]})" if asked.size > 1 else "") +
+                             f": pass sparsity={n}/{m} with n_m=({n}, {m}), or leave out n_m for unstructured "
+                             "sparsity")
+    return int(n), int(m)
+
+
 def _n_m(metric: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """Within each group of m consecutive inputs of a row, the n smallest."""
     rows, cols = metric.shape
@@ -51,6 +79,7 @@ def _n_m(metric: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def magnitude_mask(weight: torch.Tensor, sparsity: float, *, n_m: tuple[int, int] | None = None) -> torch.Tensor:
     """True where pruned: the floor(s * numel) smallest |W_ij| of the whole matrix (or N:M per row)."""
+    n_m = check_n_m(n_m, sparsity)
     metric = weight.detach().float().abs()
     return _n_m(metric, *n_m) if n_m else _lowest(metric, int(sparsity * metric.numel()))
 
@@ -59,6 +88,7 @@ def wanda_mask(weight: torch.Tensor, input_norm: torch.Tensor, sparsity: float, 
                n_m: tuple[int, int] | None = None) -> torch.Tensor:
     """True where pruned: per output row, the floor(s * d_in) smallest S_ij = |W_ij| ||X_j||_2 (Wanda, Sun et
     al., arXiv 2306.11695, eq. 1; the comparison group is one output row, section 3). input_norm: (d_in,)."""
+    n_m = check_n_m(n_m, sparsity)
     metric = weight.detach().float().abs() * input_norm.float()[None, :]
     return _n_m(metric, *n_m) if n_m else _lowest(metric, int(sparsity * metric.shape[1]), dim=1)
 
@@ -72,6 +102,7 @@ def sparsegpt(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, *, n
     lazy blocks of `block`; the mask of each block keeps the largest w^2 / [H^-1]_jj^2 (exactly
     floor(s * block entries) pruned); each pruned column's error is spread over the later columns,
     w -= (w_j / [H^-1]_jj) [H^-1]_j,: (upper Cholesky form). Returns (updated weight, mask of pruned entries)."""
+    n_m = check_n_m(n_m, sparsity)
     W = weight.detach().clone().float()
     H = hessian.detach().clone().double()
     dead = torch.diag(H) == 0

@@ -27,6 +27,13 @@ def map_functions(model, calibration: Blocks, validation: Blocks | None = None, 
     unknown = bases - set(MAP_SPECS)
     if unknown:
         raise ValueError(f"unknown map {sorted(unknown)[0]!r}: use one of {', '.join(MAP_SPECS)} (or <map>-reverse)")
+    # before any scores: outlier ratios and zeta^2 take minutes on a real model, all lost if this fails later
+    needs_validation = sorted(bases & {"layerif", "mdl-layerif"})
+    if needs_validation and (not isinstance(validation, Blocks) or len(validation) == 0):
+        got = "empty Blocks" if isinstance(validation, Blocks) else repr(validation)[:60]
+        raise ValueError(f"LayerIF maps ({', '.join(needs_validation)}) need validation blocks, the loss whose "
+                         "influence they measure: map_functions(model, calibration, validation, ...) with e.g. "
+                         f"validation=load_task(..., split='validation'); got {got}")
     if bases & {"owl", "alphapruning"}:
         from .. import baselines
         if "owl" in bases:
@@ -36,9 +43,7 @@ def map_functions(model, calibration: Blocks, validation: Blocks | None = None, 
     if "mdl-zeta2" in bases:
         from ..scoring import score
         scores["mdl-zeta2"] = score(model, calibration, curvature="kfac", progress=progress)
-    if bases & {"layerif", "mdl-layerif"}:
-        if validation is None:
-            raise ValueError("LayerIF maps need validation blocks: map_functions(model, calibration, validation)")
+    if needs_validation:
         from ..influence import layer_influence
         scores["layerif"] = scores["mdl-layerif"] = layer_influence(model, calibration, validation,
                                                                     progress=progress).scores("positive")
