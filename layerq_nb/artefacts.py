@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,8 +30,8 @@ if TYPE_CHECKING:                   # annotations only: saving scores needs no t
 
     from .adapt import RankAllocation
 
-__all__ = ["PRUNE_RECORD", "ALLOCATION_RECORD", "model_identity", "check_folder", "save_pruned", "load_record",
-           "save_adapter", "save_scores", "load_scores", "check_scores"]
+__all__ = ["PRUNE_RECORD", "ALLOCATION_RECORD", "model_identity", "check_folder", "check_parent", "save_pruned",
+           "load_record", "save_adapter", "save_scores", "load_scores", "check_scores"]
 
 PRUNE_RECORD = "layerq-prune.json"
 ALLOCATION_RECORD = "layerq-allocation.json"
@@ -60,12 +61,28 @@ def check_folder(folder: str | os.PathLike, *, option: str = "--save") -> Path:
     if path.is_dir() and any(path.iterdir()) and not any((path / r).is_file() for r in _RECORDS):
         raise ValueError(f"{option} {folder} is a folder with other files in it: give a new or empty folder "
                          "(layerq_nb only replaces folders it wrote)")
-    parent = path.parent
-    if not parent.is_dir():
-        raise ValueError(f"{option} {folder}: the folder {parent} does not exist (create it first: mkdir -p {parent})")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{option} {folder}: cannot write in {parent}")
+    check_parent(path, option, shown=folder)
     return path
+
+
+def check_parent(path: str | os.PathLike, option: str, *, shown=None) -> Path:
+    """The folder `path` goes in: it exists, is a folder, and a file can really be created in it.
+    `option` (e.g. "--save", "OUT") and `shown` (the path as the user typed it) make the message."""
+    path = Path(path).expanduser()
+    shown = path if shown is None else shown
+    parent = path.parent
+    nearest = next((p for p in (parent, *parent.parents) if p.exists()), parent)
+    if nearest.exists() and not nearest.is_dir():
+        raise ValueError(f"{option} {shown}: {nearest} is a file, not a folder: choose a path inside a folder")
+    if nearest != parent:
+        raise ValueError(f"{option} {shown}: the folder {parent} does not exist (create it first: mkdir -p {parent})")
+    try:    # os.access says yes to root even where the filesystem refuses (/sys, a read-only mount)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".layerq-probe-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"{option} {shown}: cannot write in {parent} ({err.strerror or err}): "
+                         f"choose another {option}") from None
+    return parent
 
 
 def _publish(write, folder) -> Path:

@@ -15,7 +15,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,9 +120,16 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for short in SHORT_NAMES:
         cached = cached_folder(short)
         if cached.exists():
+            size = sum(f.stat().st_size for f in cached.iterdir() if f.is_file())
+            if not args.quick and size > 100e6:      # reading it all takes a few seconds on a cold disk
+                print(f"{'':>14}  (verifying {short}: reading {size / 1e9:.1f} GB to check its CRC-32s)",
+                      file=sys.stderr, flush=True)
             try:
-                check_cache(cached, full=False)
-                where = f"cached at {cached}"
+                t0 = time.perf_counter()
+                check_cache(cached, full=not args.quick)
+                checked = ("sizes only (--quick)" if args.quick else
+                           f"CRC-32 of {size / 1e9:.2f} GB verified in {time.perf_counter() - t0:.1f} s")
+                where = f"cached at {cached} ({checked})"
             except CacheError as err:
                 where = f"CORRUPT cache at {cached} ({err})"
                 problems.append(f"{short}: the cache entry is corrupt ({err}); delete it: rm -r '{cached}'")
@@ -215,18 +221,10 @@ def _check_out(out: str | None):
         raise ValueError(f"--out {out} is a folder: give a file name, e.g. --out {path / 'result.json'}")
     if path.exists() and not path.is_file():      # /dev/null and the like: written in place
         return
-    parent = path.parent
-    if not parent.exists():
-        raise ValueError(f"--out {out}: the folder {parent} does not exist (create it first: mkdir -p {parent})")
-    if not parent.is_dir():
-        raise ValueError(f"--out {out}: {parent} is not a folder")
     if path.exists() and not os.access(path, os.W_OK):
         raise ValueError(f"--out {out} is not writable")
-    try:
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".layerq-probe-"):
-            pass
-    except OSError as err:
-        raise ValueError(f"--out {out}: cannot write in {parent} ({err.strerror or err})") from None
+    from .artefacts import check_parent
+    check_parent(path, "--out", shown=out)
 
 
 def _write_out(out: str, text: str):
@@ -255,7 +253,9 @@ def _check_common(args):
 
 
 def _check_score(args):
-    _finite("damping", args.damping, 0.0)
+    if not (math.isfinite(args.damping) and args.damping > 0):     # 0 leaves a singular curvature: nan gains
+        raise ValueError(f"--damping must be a finite number > 0, got {args.damping}: try --damping 0.1 (the "
+                         "default) or larger")
     _check_common(args)
 
 
@@ -324,6 +324,21 @@ def _check_allocate(args):
         raise ImportError('--save and --train need peft: pip install "layerq_nb[peft]"')
     _check_save(args)
     _check_common(args)
+
+
+def _check_course(args):
+    """`course build|grade|render`: the tutorial numbers and the time limits, before anything is written."""
+    from .course.editions import tutorial_paths
+    if args.course_command == "grade":
+        _whole("cell-timeout", args.cell_timeout, 1)
+        _finite("notebook-timeout", args.notebook_timeout, 0.0, strict=True)
+        return
+    if args.course_command == "render":
+        _whole("timeout", args.timeout, 1)
+    if args.notebooks is not None:
+        tutorial_paths(args.notebooks)
+    if Path(args.out).expanduser().exists() and not Path(args.out).expanduser().is_dir():
+        raise ValueError(f"OUT {args.out} is a file: give a folder (it is created)")
 
 
 # ----------------------------------------------------------------------------- commands
@@ -579,11 +594,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_train_validation(args):
-    """The model, `args.blocks` training blocks and half as many (at least 2) validation blocks of the task."""
+def _model_train_validation(args, loaded=None):
+    """The model, `args.blocks` training blocks and half as many (at least 2) validation blocks of the task;
+    `loaded(model)` runs in between, for checks that need the model's shapes but no data."""
     from .data import load_task
     from .models import load_model
     model, tokenizer = load_model(args.model, device=args.device)
+    if loaded is not None:
+        loaded(model)
     train = load_task(args.task, tokenizer, split="train", n_blocks=args.blocks, block_size=args.block_size)
     validation = load_task(args.task, tokenizer, split="validation", n_blocks=max(2, args.blocks // 2),
                            block_size=args.block_size)
@@ -644,7 +662,22 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     from .influence import layer_influence
     from .scoring import score
 
-    model, _, train, val = _model_train_validation(args)
+    early = {}
+
+    def check_budget(model):        # before any scoring: the minimum budget depends on the shapes alone
+        budget = args.budget if args.budget is not None else int(args.rank * rank_costs(model).sum())
+        try:
+            early.update(budget=budget, uniform=lora_rank_pattern(model, "uniform", budget))
+        except ValueError:
+            one = int(rank_costs(model).sum())      # what --rank 1 spends: rank 1 in every layer
+            if args.budget is None or args.budget >= one:       # not the budget's fault: the message as it is
+                raise
+            raise ValueError(f"--budget {args.budget:,} is below the minimum {one:,} LoRA parameters for "
+                             f"{args.model} (rank 1 in every layer): give --budget {one} or more, or leave out "
+                             f"--budget and set --rank (the budget is then --rank x {one:,})") from None
+
+    model, _, train, val = _model_train_validation(args, loaded=check_budget)
+    budget = early["budget"]
     if args.scores == "zeta2":
         scores = score(model, train, curvature="kfac")
     elif args.scores == "layerif":
@@ -652,9 +685,8 @@ def cmd_allocate(args: argparse.Namespace) -> int:
     else:
         from .artefacts import load_scores
         scores = load_scores(args.scores, model)
-    budget = args.budget if args.budget is not None else int(args.rank * rank_costs(model).sum())
     label = f"mdl-{args.scores}" if args.scores in ("zeta2", "layerif") else "mdl-file"
-    allocations = {"uniform": lora_rank_pattern(model, "uniform", budget),
+    allocations = {"uniform": early["uniform"],
                    label: lora_rank_pattern(model, scores, budget, beta=args.beta)}
     print(f"budget {budget:,} LoRA parameters over {len(scores)} layers (q: {scores.method} on {args.task})")
     for name, alloc in allocations.items():
@@ -749,7 +781,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--block-size", type=int, default=256, help="tokens per block (default: %(default)s)")
     sc.add_argument("--method", default="zeta2", choices=SCORE_METHODS)
     sc.add_argument("--curvature", default="kfac", choices=CURVATURES)
-    sc.add_argument("--damping", type=float, default=0.1, help="damping level >= 0 (default: %(default)s)")
+    sc.add_argument("--damping", type=float, default=0.1, help="damping level > 0 (default: %(default)s)")
     sc.add_argument("--damping-mode", default="relative", choices=DAMPING_MODES)
     sc.add_argument("--fisher", default="sampled", choices=FISHERS)
     sc.add_argument("--granularity", default="block", choices=GRANULARITIES)
@@ -804,7 +836,12 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--seed", type=int, default=0)
     al.set_defaults(func=cmd_allocate, check=_check_allocate)
 
-    doctor = sub.add_parser("doctor", parents=[debug], help="versions, device and where the model weights come from")
+    doctor = sub.add_parser("doctor", parents=[debug], help="versions, device and where the model weights come from",
+                            description="Versions of the stack, the device, and each cached model checked against "
+                                        "the CRC-32s recorded when it was written (reads the weights once: about a "
+                                        "second per GB).")
+    doctor.add_argument("--quick", action="store_true",
+                        help="compare the cached files' sizes only, not their CRC-32s (misses flipped bits)")
     doctor.set_defaults(func=cmd_doctor)
 
     lab = sub.add_parser("lab", parents=[debug], help="start JupyterLab on the tutorials (copies them first when installed from a wheel)",
@@ -815,20 +852,34 @@ def build_parser() -> argparse.ArgumentParser:
     lab.set_defaults(func=cmd_lab)
 
     from .course.cli import register as register_course  # argparse only: no torch, no nbgrader here
-    register_course(sub, parents=[debug])
+    course = register_course(sub, parents=[debug])
+    course.set_defaults(check=_check_course)      # the subcommands set func only, so this check reaches them
     return parser
 
 
-def _one_line(err: BaseException) -> str:
+def _output_option(err: OSError, args) -> str:
+    """The option (--out, --save, OUT) whose path `err` is about, as the user gave it."""
+    given = [("--save", getattr(args, "save", None)),
+             ("OUT" if getattr(args, "command", None) == "course" and args.course_command != "grade" else "--out",
+              getattr(args, "out", None))]
+    given = [(option, Path(value).expanduser().absolute()) for option, value in given if value]
+    failed = [Path(name).absolute() for name in (err.filename, err.filename2) if name]
+    for option, path in given:      # the one the failing path is in (or beside, for a temporary sibling)
+        if any(f == path or path in f.parents or f.parent == path.parent for f in failed):
+            return option
+    return given[0][0] if len(given) == 1 else "output path"
+
+
+def _one_line(err: BaseException, args=None) -> str:
     """The message of an anticipated failure, on one line, with the fix where there is a usual one."""
     import torch
     text = " ".join(str(err).split()) or type(err).__name__
     if isinstance(err, (MemoryError, torch.OutOfMemoryError)):
         return f"out of memory ({text}): lower --batch-size or --blocks, or use a smaller --model"
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-        return f"no space left on the device ({text}): free some space or choose another --out"
+        return f"no space left on the device ({text}): free some space or choose another {_output_option(err, args)}"
     if isinstance(err, (PermissionError, IsADirectoryError, NotADirectoryError)):
-        return f"{text}: choose another --out (or fix the permissions)"
+        return f"{text}: choose another {_output_option(err, args)} (or fix the permissions)"
     return text
 
 
@@ -859,9 +910,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         import torch
         if isinstance(err, (*ANTICIPATED, torch.OutOfMemoryError)):
-            print(f"layerq {args.command}: error: {_one_line(err)}", file=sys.stderr)
+            print(f"layerq {args.command}: error: {_one_line(err, args)}", file=sys.stderr)
             return 2
-        print(f"layerq {args.command}: unexpected error: {type(err).__name__}: {_one_line(err)} "
+        print(f"layerq {args.command}: unexpected error: {type(err).__name__}: {_one_line(err, args)} "
               "(run again with --debug for the traceback, and please report it)", file=sys.stderr)
         return 1
 

@@ -341,7 +341,8 @@ def _no_model(*args, **kwargs):
 CLI = [
     (["score", "--device", "gpu0"], "unknown device 'gpu0'"),
     (["score", "--device", "cuda:7"], "not available"),
-    (["score", "--damping", "-1"], "--damping must be a finite number >= 0"),
+    (["score", "--damping", "-1"], "--damping must be a finite number > 0"),
+    (["score", "--damping", "0"], "--damping must be a finite number > 0"),
     (["score", "--damping", "nan"], "--damping must be"),
     (["score", "--blocks", "0"], "--blocks must be >= 1"),
     (["score", "--block-size", "1"], "--block-size must be >= 2"),
@@ -377,8 +378,9 @@ if not CUDA:
 
 @pytest.mark.parametrize("argv, fragment", CLI, ids=[" ".join(a) for a, _ in CLI])
 def test_cli_refuses_before_loading(argv, fragment, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(models, "load_model", _no_model)
+    # layerq_nb first: reading its lazy attribute after models' is patched would cache the stub for good
     monkeypatch.setattr(layerq_nb, "load_model", _no_model, raising=False)
+    monkeypatch.setattr(models, "load_model", _no_model)
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     try:
         code = cli.main(argv)

@@ -103,12 +103,17 @@ def render(out, *, notebooks=None, fast: bool = True, timeout: int = 900, tutori
     their outputs into `out`; see the module docstring."""
     import nbformat
     out = Path(out)
-    (out / "notebooks").mkdir(parents=True, exist_ok=True)
+    # everything that can be refused is refused before the first folder is made
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):
+        raise ValueError(f"timeout must be a number of seconds > 0 (or None: no limit), got {timeout!r}")
+    paths = tutorial_paths(notebooks, folder=tutorials)
     mathjax = mathjax_folder()
+    (out / "notebooks").mkdir(parents=True, exist_ok=True)
     if not (out / "mathjax" / "MathJax.js").is_file():
         shutil.copytree(mathjax, out / "mathjax", dirs_exist_ok=True)
     pages, rows = [], []
-    for path in tutorial_paths(notebooks, folder=tutorials):
+    for path in paths:
         started = time.perf_counter()
         nb = execute(path, fast=fast, timeout=timeout)
         seconds = time.perf_counter() - started
