@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call, jvp, vjp
 from tqdm.auto import tqdm
 
-from .data import IGNORE, Blocks, check_batch_size
+from .data import IGNORE, Blocks, check_batch_size, check_blocks
 from .models import layers as find_layers
 from .models import weight_matrix
 from .shard import local_blocks
@@ -495,8 +495,7 @@ class Passes:
     only: frozenset | None = None
 
     def __post_init__(self):
-        if not isinstance(self.blocks, Blocks) or len(self.blocks) == 0:
-            raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
+        check_blocks(self.model, self.blocks)      # before any pass: type, context, vocabulary
         if self.blocks.n_targets == 0:
             raise ValueError(f"every label of the {self.blocks.task!r} blocks is masked: there is no loss to "
                              "differentiate")

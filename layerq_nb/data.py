@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Blocks", "TASKS", "SPLITS", "load_task", "task_documents", "check_task", "check_batch_size"]
+__all__ = ["Blocks", "TASKS", "SPLITS", "load_task", "task_documents", "check_task", "check_batch_size",
+           "check_blocks"]
 
 SPLITS = ("train", "validation", "test")
 TASKS = ("prose", "code", "arithmetic")
@@ -54,6 +55,22 @@ class Blocks:
     task: str
     split: str
 
+    def __post_init__(self):
+        # malformed blocks fail here, where they are made, not as a dtype or shape error deep inside torch
+        ids = self.input_ids
+        if not isinstance(ids, torch.Tensor) or ids.ndim != 2:
+            raise TypeError(f"Blocks.input_ids must be a 2-d (blocks, tokens) tensor, got {_described(ids)}: "
+                            "make blocks with layerq_nb.load_task(task, tokenizer, n_blocks=...)")
+        for name in ("labels", "attention_mask"):
+            value = getattr(self, name)
+            if not isinstance(value, torch.Tensor) or value.shape != ids.shape:
+                raise ValueError(f"Blocks.{name} must have the shape of input_ids {tuple(ids.shape)}, got "
+                                 f"{tuple(value.shape) if isinstance(value, torch.Tensor) else _described(value)}")
+        for name in ("input_ids", "labels"):   # the embedding and the loss index with them
+            if getattr(self, name).dtype != torch.long:
+                raise TypeError(f"Blocks.{name} must hold int64 token ids, got {getattr(self, name).dtype}: "
+                                f"pass {name}.long(), or make blocks with layerq_nb.load_task(...)")
+
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
@@ -78,6 +95,40 @@ class Blocks:
             sl = slice(start, start + batch_size)
             batch = {"input_ids": self.input_ids[sl], "labels": self.labels[sl], "attention_mask": self.attention_mask[sl]}
             yield batch if device is None else {k: v.to(device) for k, v in batch.items()}
+
+
+def _described(value) -> str:
+    shape = getattr(value, "shape", None)
+    return type(value).__name__ + (f" of shape {tuple(shape)}" if shape is not None else "")
+
+
+def check_blocks(model, blocks: object) -> Blocks:
+    """`blocks` if `model` can run them, else one clear error before any pass (evaluate.mean_loss and
+    tape.run_tape, the loops that run a model over blocks, call it first); without it, blocks from
+    another tokenizer or past the context fail deep inside torch, or past the context not at all.
+    The ids are scanned once (a min and a max), cheap next to any forward pass."""
+    if not isinstance(blocks, Blocks):
+        swapped = " (model and blocks swapped?)" if isinstance(blocks, torch.nn.Module) else ""
+        raise TypeError(f"blocks must be Blocks, got {_described(blocks)}{swapped}: make them with "
+                        "layerq_nb.load_task(task, tokenizer, n_blocks=...)")
+    if len(blocks) == 0:
+        raise ValueError("no blocks to evaluate: load some with layerq_nb.load_task(..., n_blocks=...)")
+    config = getattr(model, "config", None)
+    ctx = getattr(config, "max_position_embeddings", None)
+    if ctx is not None and blocks.block_size > ctx:
+        raise ValueError(f"blocks of {blocks.block_size} tokens exceed the model's context of {ctx}: "
+                         f"reload the task with block_size <= {ctx}")
+    # the embedding's rows, not config.vocab_size: some checkpoints pad the embedding past the tokenizer
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embed, "num_embeddings", None) or getattr(config, "vocab_size", None)
+    targets = blocks.labels.masked_fill(blocks.labels == IGNORE, 0)
+    lo, hi = (min(int(blocks.input_ids.min()), int(targets.min())),
+              max(int(blocks.input_ids.max()), int(targets.max())))
+    if vocab is not None and (lo < 0 or hi >= vocab):
+        raise ValueError(f"token ids span [{lo}, {hi}], outside the model's vocabulary [0, {vocab}): the blocks "
+                         "were probably tokenised for another model; load them with this model's tokenizer, "
+                         "layerq_nb.load_task(task, tokenizer, ...)")
+    return blocks
 
 
 # ----------------------------------------------------------------------------- documents
@@ -263,7 +314,10 @@ def load_task(name: str, tokenizer: object, *, split: str = "train", n_blocks: i
                 break
     flush()
     available = len(ids) // block_size
-    if available == 0 or (n_blocks is not None and n_blocks > available):
+    if available == 0:
+        raise ValueError(f"block_size {block_size} is larger than all the text of task {name!r} split {split!r} "
+                         f"({len(ids)} tokens): use a smaller block_size")
+    if n_blocks is not None and n_blocks > available:
         raise ValueError(f"task {name!r} split {split!r} has text for only {available} blocks of {block_size} tokens; "
                          f"ask for n_blocks <= {available} or a smaller block_size")
     n = available if n_blocks is None else n_blocks

@@ -6,7 +6,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .data import IGNORE, Blocks, check_batch_size
+from .data import IGNORE, Blocks, check_batch_size, check_blocks
 
 __all__ = ["token_nll", "batch_size_for", "mean_loss", "perplexity", "generate"]
 
@@ -29,13 +29,6 @@ def token_nll(logits: torch.Tensor, targets: torch.Tensor, *, log_probs: bool = 
     return out.view(b, t) if reduction == "none" else out
 
 
-def _check_context(model, blocks: Blocks):
-    ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
-    if ctx is not None and blocks.block_size > ctx:
-        raise ValueError(f"blocks of {blocks.block_size} tokens exceed the model's context of {ctx}: "
-                         f"reload the task with block_size <= {ctx}")
-
-
 def batch_size_for(model: torch.nn.Module, batch_size: int | None = None) -> int:
     """None -> the device's batch size (device.dtype_policy: one block at a time on a CPU, where the
     logits of a 4-block batch and their log-softmax take 0.3 GB for no speed)."""
@@ -49,11 +42,9 @@ def batch_size_for(model: torch.nn.Module, batch_size: int | None = None) -> int
 def mean_loss(model: torch.nn.Module, blocks: Blocks, batch_size: int | None = None, *, progress: bool = True) -> float:
     """L = (1/N) sum_t -log p(y_t | y_<t) over the N non-masked targets of all blocks (fp32 sums).
     batch_size None: the device's (`device.dtype_policy`)."""
-    _check_context(model, blocks)
+    check_blocks(model, blocks)
     batch_size = batch_size_for(model, batch_size)
     check_batch_size(batch_size)
-    if len(blocks) == 0:
-        raise ValueError("no blocks to evaluate: load some with layerq_nb.load_task(..., n_blocks=...)")
     if blocks.n_targets == 0:
         raise ValueError(f"the {blocks.task!r} blocks have no unmasked target tokens: nothing to evaluate")
     device = next(model.parameters()).device

@@ -396,6 +396,10 @@ def load_model(name: str | os.PathLike = "smollm2-135m", device: str | torch.dev
     else:
         model, tokenizer, source = _resolve(name, dtype)
     model.to(target).eval()
+    context = getattr(model.config, "max_position_embeddings", None)
+    limit = getattr(tokenizer, "model_max_length", None)
+    if context and (not limit or limit > context):     # SmolLM2's tokenizer says 1e30: load_task then checks this
+        tokenizer.model_max_length = int(context)
     seconds = time.perf_counter() - t0
     # the facts as loaded; model_facts re-reads the ones that can change (device, dtype, ...) each call
     setattr(model, _FACTS, replace(model_facts(model), name=name, source=source, load_seconds=seconds))

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from .data import IGNORE, Blocks, check_batch_size
+from .data import IGNORE, Blocks, check_batch_size, check_blocks
 from .evaluate import token_nll
 from .models import layers as find_layers
 
@@ -279,8 +279,7 @@ def run_tape(model: torch.nn.Module, blocks: Blocks, reducers: Sequence[Reducer]
     statistics are float32 either way.
     Returns the summed data-label loss over the blocks.
     """
-    if len(blocks) == 0:
-        raise ValueError("no blocks: load some with layerq_nb.load_task(..., n_blocks=...)")
+    check_blocks(model, blocks)
     batch_size = check_batch_size(batch_size)
     if blocks.n_targets == 0:
         raise ValueError(f"every label of the {blocks.task!r} blocks is masked: there is no loss to differentiate")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data import Blocks, check_batch_size
+from ..data import Blocks, check_batch_size, check_blocks
 from ..models import layers as find_layers
 from ..models import weight_matrix, weights_restored
 from .maps import per_layer_sparsity
@@ -171,6 +171,7 @@ def pruned(model, sparsity, method: str = "wanda", *, blocks: Blocks | None = No
     if blocks is not None and method != "magnitude":
         if not isinstance(blocks, Blocks) or len(blocks) == 0:
             raise ValueError("calibration blocks must be non-empty Blocks: blocks=load_task(..., n_blocks=8)")
+        check_blocks(model, blocks)
     n_m = _check_n_m(n_m, found, per_layer)
     # every check above runs before the first weight changes; from here on weights_restored copies them back
     with weights_restored([m for layer in found for m in layer.linears.values()]):
