@@ -120,17 +120,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     for short in SHORT_NAMES:
         cached = cached_folder(short)
         if cached.exists():
-            size = sum(f.stat().st_size for f in cached.iterdir() if f.is_file())
-            if not args.quick and size > 100e6:      # reading it all takes a few seconds on a cold disk
-                print(f"{'':>14}  (verifying {short}: reading {size / 1e9:.1f} GB to check its CRC-32s)",
-                      file=sys.stderr, flush=True)
             try:
+                size = sum(f.stat().st_size for f in cached.iterdir() if f.is_file()) if cached.is_dir() else 0
+                if not args.quick and size > 100e6:      # reading it all takes a few seconds on a cold disk
+                    print(f"{'':>14}  (verifying {short}: reading {size / 1e9:.1f} GB to check its CRC-32s)",
+                          file=sys.stderr, flush=True)
                 t0 = time.perf_counter()
-                check_cache(cached, full=not args.quick)
-                checked = ("sizes only (--quick)" if args.quick else
+                with_manifest = check_cache(cached, full=not args.quick)
+                checked = ("structure only: written before manifests" if not with_manifest else
+                           "sizes only (--quick)" if args.quick else
                            f"CRC-32 of {size / 1e9:.2f} GB verified in {time.perf_counter() - t0:.1f} s")
                 where = f"cached at {cached} ({checked})"
-            except CacheError as err:
+            except (CacheError, OSError) as err:
                 where = f"CORRUPT cache at {cached} ({err})"
                 problems.append(f"{short}: the cache entry is corrupt ({err}); delete it: rm -r '{cached}'")
         else:

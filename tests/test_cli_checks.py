@@ -5,6 +5,7 @@ checks the cache's CRC-32s, not just its sizes."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -138,6 +139,17 @@ def test_doctor_finds_a_flipped_bit_in_the_cache(cached_tiny, capsys):
     assert "CRC-32 mismatch" in status and f"rm -r '{cached_tiny}'" in status, out
     assert cli.main(["doctor", "--quick"]) == 0           # sizes only: the flipped bit passes, and it says so
     assert "sizes only (--quick)" in capsys.readouterr().out
+
+
+def test_doctor_reports_an_entry_that_is_a_file_or_has_no_manifest(cached_tiny, capsys):
+    (cached_tiny / models.MANIFEST).unlink()               # written before manifests: structure only
+    assert cli.main(["doctor"]) == 0
+    assert "structure only: written before manifests" in capsys.readouterr().out
+    shutil.rmtree(cached_tiny)
+    cached_tiny.write_text("not a folder")                  # used to abort doctor with an OSError
+    assert cli.main(["doctor"]) == 0
+    status = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("status"))
+    assert "corrupt" in status and f"rm -r '{cached_tiny}'" in status, status
 
 
 # ----------------------------------------------------------------------------- course commands

@@ -270,3 +270,36 @@ def test_grade_puts_back_missing_check_cells_and_adds_to_earlier_results(tmp_pat
     (out / "scores.json").write_text(json.dumps(saved))
     with pytest.raises(ValueError, match="another build of the course"):
         grade(week2, course=tmp_path / "course", out=out)
+
+
+def test_merge_keeps_notes_about_notebooks_not_graded_again():
+    from layerq_nb.course.grade import Score, _merge
+    earlier = [Score("alice", "01.1", 0, 3, "not graded: see the notes"), Score("alice", "04.1", 0, 3, "not handed in")]
+    notes = {"alice": ["01_gradient_isolation: stopped after 1800 s (the notebook's time limit): scored zero",
+                       "04_allocation.ipynb: an old note about 04"]}
+    now = [Score("alice", "01.1", 0, 3, "not handed in"), Score("alice", "04.1", 3, 3, "passed")]
+    scores, merged = _merge(earlier, notes, now, {"alice": ["04_allocation.ipynb: this run's note"]},
+                            {"alice": {"04_allocation": Path("04_allocation.ipynb")}})
+    assert [(s.exercise, s.points, s.message) for s in scores] == [("01.1", 0, "not graded: see the notes"),
+                                                                    ("04.1", 3, "passed")]
+    assert merged == {"alice": [notes["alice"][0], "04_allocation.ipynb: this run's note"]}
+
+
+def test_check_cells_are_put_back_only_into_a_notebook_shape_and_without_ids_before_nbformat_4_5():
+    from layerq_nb.course.grade import with_check_cells
+    release = {"cells": [
+        {"cell_type": "code", "id": "a", "metadata": {"nbgrader": {"grade_id": answer_id("04.1"), "solution": True}},
+         "source": "x = None", "outputs": [], "execution_count": None},
+        {"cell_type": "code", "id": check_id("04.1"), "metadata": {"nbgrader": {"grade_id": check_id("04.1"), "grade": True}},
+         "source": "assert ex.passed('04.1')", "outputs": [], "execution_count": None}]}
+    colab = {"nbformat": 4, "nbformat_minor": 0, "metadata": {}, "cells": [
+        {k: v for k, v in release["cells"][0].items() if k != "id"}]}
+    fixed, restored = with_check_cells(colab, release)
+    assert restored == ["04.1"] and [c["metadata"]["nbgrader"]["grade_id"] for c in fixed["cells"]] == \
+        [answer_id("04.1"), check_id("04.1")]
+    assert "id" not in fixed["cells"][1] and colab["cells"] == fixed["cells"][:1]     # the input is left alone
+    assert with_check_cells(fixed, release) == (fixed, [])                           # nothing missing: as it is
+    # a cell without nbgrader metadata is no answer cell: nothing to put back after it
+    assert with_check_cells({"cells": [{"metadata": {"nbgrader": None}}]}, release)[1] == []
+    with pytest.raises(TypeError):      # not a notebook's shape: grade() skips it, and nbgrader reports it
+        with_check_cells({"cells": None}, release)

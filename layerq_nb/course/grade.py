@@ -128,7 +128,7 @@ def with_check_cells(submitted: dict, release: dict) -> tuple[dict, list[str]]:
     answer cells (the tutorials carry their nbgrader ids) but no test cells; without them nbgrader has
     nothing to score and a right answer would get zero."""
     def grade_id(cell):
-        return cell.get("metadata", {}).get("nbgrader", {}).get("grade_id", "")
+        return ((cell.get("metadata") or {}).get("nbgrader") or {}).get("grade_id", "")
     have = {grade_id(c) for c in submitted.get("cells", [])}
     missing = [c for c in release.get("cells", []) if grade_id(c).startswith("check-") and grade_id(c) not in have]
     if not missing:
@@ -140,7 +140,10 @@ def with_check_cells(submitted: dict, release: dict) -> tuple[dict, list[str]]:
         at = next((i for i, c in enumerate(cells) if grade_id(c) == answer), None)
         if at is None:       # the answer cell was deleted too: nbgrader scores the exercise zero, as it should
             continue
-        cells.insert(at + 1, json.loads(json.dumps(check)))
+        check = json.loads(json.dumps(check))
+        if nb.get("nbformat_minor", 0) < 5:      # nbformat 4.0-4.4 (Colab saves 4.0) has no cell ids
+            check.pop("id", None)
+        cells.insert(at + 1, check)
         restored.append(exercise_key(grade_id(check)))
     return nb, restored
 
@@ -158,7 +161,7 @@ def _load_previous(out: Path, points: dict[str, float]) -> tuple[list[Score], di
         saved = json.loads(path.read_text(encoding="utf-8"))
         scores = [Score(**row) for row in saved["scores"]]
         notes = {student: list(lines) for student, lines in saved.get("notes", {}).items()}
-    except (ValueError, KeyError, TypeError) as error:
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path} is not a scores file this grader wrote ({error}): delete {out} to start over, "
                          f"or grade into another folder") from None
     other = {(s.exercise, s.max_points) for s in scores} - set(points.items())
@@ -229,13 +232,17 @@ def grade(submissions, *, course, out, cell_timeout: int = 180, notebook_timeout
                 submitted = json.loads(path.read_text(encoding="utf-8"))
             except (ValueError, UnicodeDecodeError):
                 continue                        # nbgrader reports an unreadable notebook itself
-            if release.is_file() and isinstance(submitted, dict):
+            if not release.is_file():
+                continue
+            try:
                 fixed, restored = with_check_cells(submitted, json.loads(release.read_text(encoding="utf-8")))
-                if restored:
-                    target.write_text(json.dumps(fixed, indent=1, ensure_ascii=False), encoding="utf-8")
-                    notes.setdefault(student, []).append(
-                        f"{path.name}: had no autograder cells (a tutorial copy, not the student edition); the "
-                        f"checks of {', '.join(restored)} were put back from the course before grading")
+            except (AttributeError, TypeError, KeyError):
+                continue                        # not a notebook's shape: nbgrader reports it for this student
+            if restored:
+                target.write_text(json.dumps(fixed, indent=1, ensure_ascii=False), encoding="utf-8")
+                notes.setdefault(student, []).append(
+                    f"{path.name}: had no autograder cells (a tutorial copy, not the student edition); the "
+                    f"checks of {', '.join(restored)} were put back from the course before grading")
 
     env = {k: v for k, v in os.environ.items() if k != "LAYERQ_SOLVE"}
     env.update(LAYERQ_FAST="1" if fast else "0", LAYERQ_EXERCISES="learn", LAYERQ_NO_SOLUTIONS="1")
@@ -273,7 +280,7 @@ def _merge(earlier: list[Score], earlier_notes: dict, now: list[Score], notes: d
            found: dict) -> tuple[list[Score], dict]:
     """This run's scores over the earlier ones: a notebook handed in now replaces the student's earlier
     grades of it; a notebook not handed in now keeps its earlier grade (a student new to this run who
-    never handed it in gets this run's "not handed in"). Notes: a student graded now gets this run's."""
+    never handed it in gets this run's "not handed in"). Notes follow the same rule, by notebook number."""
     def handed_in(student, exercise):
         return any(a[:2] == exercise.split(".")[0] for a in found.get(student, {}))
     kept = {(s.student, s.exercise): s for s in earlier}
@@ -283,8 +290,15 @@ def _merge(earlier: list[Score], earlier_notes: dict, now: list[Score], notes: d
     order = list(dict.fromkeys([s.student for s in earlier] + [s.student for s in now]))
     exercises = list(dict.fromkeys(s.exercise for s in now))
     merged = [kept[(student, e)] for student in order for e in exercises if (student, e) in kept]
-    merged_notes = {student: lines for student, lines in earlier_notes.items() if student not in found}
-    merged_notes.update({student: notes[student] for student in found if student in notes})
+    def still_true(student, line):    # an earlier note about a notebook not handed in again this run
+        number = line[:2]
+        return number.isdigit() and not any(a[:2] == number for a in found.get(student, {}))
+    merged_notes = {}
+    for student in order:
+        lines = [line for line in earlier_notes.get(student, [])
+                 if student not in found or still_true(student, line)] + notes.get(student, [])
+        if lines:
+            merged_notes[student] = lines
     return merged, merged_notes
 
 
