@@ -14,7 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import shapley
-from .data import IGNORE, Blocks
+from .data import IGNORE, Blocks, check_blocks
 from .evaluate import token_nll
 from .models import block_input, model_facts
 from .models import layers as find_layers
@@ -46,9 +46,10 @@ def _layer_indices(skip, k: int) -> list[int]:
     return sorted(out)
 
 
-def _check_blocks(blocks, what: str):
+def _check_blocks(model, blocks, what: str):
     if not isinstance(blocks, Blocks) or len(blocks) == 0:
         raise ValueError(f"{what} needs at least one block: load_task(..., n_blocks=2)")
+    check_blocks(model, blocks)      # context and vocabulary, before the first coalition runs
     if blocks.n_targets == 0:
         raise ValueError(f"every label of the {blocks.task!r} blocks is masked: {what} has no loss to measure")
 
@@ -100,7 +101,7 @@ def coalition_losses(model: torch.nn.Module, blocks: Blocks, coalitions: np.ndar
     """Mean next-token NLL over `blocks` of the model with only each coalition's layers active.
     coalitions: boolean (m, K). Coalitions are batched: each forward holds up to `max_rows` rows
     (coalition x block)."""
-    _check_blocks(blocks, "coalition_losses")
+    _check_blocks(model, blocks, "coalition_losses")
     k = len(find_layers(model))
     raw = np.asarray(coalitions)
     if raw.ndim != 2 or raw.shape[1] != k or raw.shape[0] == 0:
@@ -136,7 +137,7 @@ def layer_game(model: torch.nn.Module, blocks: Blocks, players: Sequence[int], *
     if len(set(_layer_indices(players, len(found)))) != len(players):
         raise ValueError(f"players must be distinct layer indices, got {players}")
     players = [int(p) for p in players]
-    _check_blocks(blocks, "layer_game")
+    _check_blocks(model, blocks, "layer_game")
     chance = float(np.log(model.get_output_embeddings().weight.shape[0]))
 
     def value(coalitions):
@@ -206,7 +207,7 @@ class Cornerstone:
 
 def cornerstone(model: torch.nn.Module, blocks: Blocks, *, max_rows: int = 8) -> Cornerstone:
     """Drop one layer at a time (the cornerstone experiment of arXiv 2409.14381), plus the full and empty models."""
-    _check_blocks(blocks, "cornerstone")
+    _check_blocks(model, blocks, "cornerstone")
     k = len(find_layers(model))
     coalitions = np.vstack([np.ones(k, bool), ~np.eye(k, dtype=bool), np.zeros(k, bool)])
     losses = coalition_losses(model, blocks, coalitions, max_rows=max_rows)

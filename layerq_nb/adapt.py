@@ -26,7 +26,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import mdl
-from .data import IGNORE, Blocks
+from .data import IGNORE, Blocks, check_blocks
 from .device import dtype_policy
 from .evaluate import token_nll
 from .models import layers as find_layers
@@ -400,6 +400,7 @@ def finetune(model: nn.Module, train: Blocks, validation: Blocks, *, steps: int 
     for name, blocks in (("train", train), ("validation", validation)):
         if not isinstance(blocks, Blocks) or len(blocks) == 0 or blocks.n_targets == 0:
             raise ValueError(f"{name} must be non-empty Blocks with targets (layerq_nb.load_task(..., split={name!r}))")
+        check_blocks(model, blocks)
     if aux is not None and not isinstance(aux, LoRAMoE):
         raise ValueError(f"aux must be the LoRAMoE handle apply_lora_moe returned, got {type(aux).__name__}")
     params = [p for p in model.parameters() if p.requires_grad]

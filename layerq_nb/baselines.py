@@ -22,7 +22,7 @@ import contextlib
 import numpy as np
 import torch
 
-from .data import Blocks
+from .data import Blocks, check_blocks
 from .models import block_input, weight_matrix
 from .models import layers as find_layers
 from .scores import LayerScores
@@ -46,6 +46,7 @@ def _forward_hooks(pairs):
 
 def _run(model, blocks: Blocks, batch_size: int, on_batch=None):
     """The model over `blocks` without gradients; on_batch(token mask) runs before each batch."""
+    check_blocks(model, blocks)
     device = next(model.parameters()).device
     with torch.no_grad():
         for batch in blocks.batches(batch_size, device=device):

@@ -323,6 +323,7 @@ def ggn_vector_product(model, blocks: Blocks, layer_index: int, v: dict, batch_s
     J v by forward-mode AD (jvp), the output-space Gauss-Newton matrix applied in closed form, and
     J^T u by reverse mode (vjp); v and the result map parameter names to weight-shaped tensors.
     """
+    check_blocks(model, blocks)
     _, names = _layer_params(model, layer_index)
     params = {k: p.detach() for k, p in model.named_parameters()}
     theta = {n: params[n] for n in names}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from layerq_nb import layer_influence, load_task, mean_loss, perplexity, score
+from layerq_nb import ablation, adapt, baselines, curvature, layer_influence, load_task, mean_loss, perplexity, score
 from layerq_nb.data import IGNORE, Blocks, check_blocks
 from layerq_nb.pruning import pruned
 from layerq_nb.tape import GradientSum, run_tape
@@ -36,6 +36,12 @@ ENTRY_POINTS = [
     ("score", lambda m, b: score(m, b, progress=False)),
     ("layer_influence train", lambda m, b: layer_influence(m, b, b, progress=False)),
     ("run_tape", lambda m, b: run_tape(m, b, [GradientSum()], progress=False)),
+    ("cornerstone", lambda m, b: ablation.cornerstone(m, b)),
+    ("layer_game", lambda m, b: ablation.layer_game(m, b, [0, 1])),
+    ("block_influence", lambda m, b: baselines.block_influence(m, b)),
+    ("input_norms", lambda m, b: baselines.input_norms(m, b)),
+    ("ggn_vector_product", lambda m, b: curvature.ggn_vector_product(m, b, 0, {})),
+    ("finetune", lambda m, b: adapt.finetune(m, b, b, steps=1, progress=False)),
 ]
 
 

@@ -303,3 +303,12 @@ def test_check_cells_are_put_back_only_into_a_notebook_shape_and_without_ids_bef
     assert with_check_cells({"cells": [{"metadata": {"nbgrader": None}}]}, release)[1] == []
     with pytest.raises(TypeError):      # not a notebook's shape: grade() skips it, and nbgrader reports it
         with_check_cells({"cells": None}, release)
+
+
+@pytest.mark.parametrize("option", [dict(cell_timeout=0), dict(cell_timeout=2.5), dict(max_bytes=-1),
+                                    dict(notebook_timeout=0), dict(notebook_timeout=float("nan"))])
+def test_grade_refuses_bad_limits_before_anything(tmp_path, option):
+    from layerq_nb.course.grade import grade
+    with pytest.raises(ValueError, match=f"{next(iter(option))} must be"):
+        grade(tmp_path / "nothing", course=tmp_path / "no-course", out=tmp_path / "out", **option)
+    assert not (tmp_path / "out").exists()

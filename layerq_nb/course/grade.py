@@ -207,6 +207,12 @@ def grade(submissions, *, course, out, cell_timeout: int = 180, notebook_timeout
           max_bytes: int = 100_000, fast: bool = True) -> Grades:
     """Grade every notebook under ``submissions/<student>/`` against the editions built in `course`
     (the folder `build` wrote, or its ``instructor/``); write ``scores.csv`` and ``feedback/`` into `out`."""
+    for name, value, least in (("cell_timeout", cell_timeout, 1), ("max_bytes", max_bytes, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+    if isinstance(notebook_timeout, bool) or not isinstance(notebook_timeout, (int, float)) \
+            or not 0 < notebook_timeout < float("inf"):
+        raise ValueError(f"notebook_timeout must be a number of seconds > 0, got {notebook_timeout!r}")
     course, out = Path(course), Path(out)
     instructor = course / "instructor" if (course / "instructor").is_dir() else course
     if not (instructor / "gradebook.db").is_file() or not (instructor / "source").is_dir():
