@@ -148,6 +148,21 @@ def with_check_cells(submitted: dict, release: dict) -> tuple[dict, list[str]]:
     return nb, restored
 
 
+def _put_back_checks(path: Path, target: Path, release: dict | None) -> list[str]:
+    """`with_check_cells` on the submission at `path`, written to `target` when cells were put back; the
+    exercise keys put back. A file that is not a readable notebook is left as it is: nbgrader reports it
+    for this student alone."""
+    if release is None:
+        return []
+    try:
+        fixed, restored = with_check_cells(json.loads(path.read_text(encoding="utf-8")), release)
+    except (ValueError, UnicodeDecodeError, AttributeError, TypeError, KeyError):
+        return []
+    if restored:
+        target.write_text(json.dumps(fixed, indent=1, ensure_ascii=False), encoding="utf-8")
+    return restored
+
+
 def _load_previous(out: Path, points: dict[str, float]) -> tuple[list[Score], dict]:
     """The scores and notes an earlier `grade` left in `out` (none when it holds none); refused when they
     belong to another build of the course (other exercises or points)."""
@@ -228,24 +243,18 @@ def grade(submissions, *, course, out, cell_timeout: int = 180, notebook_timeout
     shutil.copytree(instructor / "source", work / "source")
     shutil.copy2(instructor / "gradebook.db", work / "gradebook.db")
     write_config(work, cell_timeout=cell_timeout, max_bytes=max_bytes)
+    releases = {}                               # each release read once, not once per student
+    for assignment in assignments:
+        release = instructor / "release" / assignment / f"{assignment}.ipynb"
+        if release.is_file():
+            releases[assignment] = json.loads(release.read_text(encoding="utf-8"))
     for student, table in found.items():
         for assignment, path in table.items():
             target = work / "submitted" / student / assignment / f"{assignment}.ipynb"
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, target)
-            release = instructor / "release" / assignment / f"{assignment}.ipynb"
-            try:
-                submitted = json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, UnicodeDecodeError):
-                continue                        # nbgrader reports an unreadable notebook itself
-            if not release.is_file():
-                continue
-            try:
-                fixed, restored = with_check_cells(submitted, json.loads(release.read_text(encoding="utf-8")))
-            except (AttributeError, TypeError, KeyError):
-                continue                        # not a notebook's shape: nbgrader reports it for this student
+            restored = _put_back_checks(path, target, releases.get(assignment))
             if restored:
-                target.write_text(json.dumps(fixed, indent=1, ensure_ascii=False), encoding="utf-8")
                 notes.setdefault(student, []).append(
                     f"{path.name}: had no autograder cells (a tutorial copy, not the student edition); the "
                     f"checks of {', '.join(restored)} were put back from the course before grading")
@@ -261,7 +270,7 @@ def grade(submissions, *, course, out, cell_timeout: int = 180, notebook_timeout
             else:
                 notes.setdefault(student, []).append(f"{assignment}: {why}")
 
-    now = _scores(work, found, graded, assignments)
+    now = _scores(work, found, graded, assignments, course_points)
     scores, notes = _merge(earlier, earlier_notes, now, notes, found)
     feedback = out / "feedback"
     for assignment in sorted({a for s, a in graded}):
@@ -320,9 +329,8 @@ def assignments_points(instructor: Path, assignments: list[str]) -> dict[str, fl
     return points
 
 
-def _scores(work: Path, found: dict, graded: set, assignments: list[str]) -> list[Score]:
+def _scores(work: Path, found: dict, graded: set, assignments: list[str], points: dict[str, float]) -> list[Score]:
     from nbgrader.api import Gradebook, MissingEntry
-    points = assignments_points(work, assignments)
     by_assignment = {a: [k for k in points if k.split(".")[0] == a[:2]] for a in assignments}
     scores = []
     with Gradebook(f"sqlite:///{work / 'gradebook.db'}") as gb:
